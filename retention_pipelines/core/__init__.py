@@ -1,0 +1,1 @@
+"""Plain Python logic of the platform. Nothing here imports Dagster."""

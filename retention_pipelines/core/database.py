@@ -1,0 +1,194 @@
+"""Where the Postgres comes from, and the versioned migrations that prepare it.
+
+With ``RETENTION_DATABASE_URL`` set, that server is used. Unset, an embedded PostgreSQL from
+the ``pgserver`` package runs with its data under ``.retention/pgdata``. The embedded server is
+started with no cleanup handler, so it outlives the process that started it: the webserver,
+the daemon, run workers, tests and the CLI all find the running postmaster through its
+``postmaster.pid`` and share it. ``pgserver`` serialises start-up with a file lock, so two
+processes starting at once still get one server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE = "public.retention_schema_migrations"
+# A fixed key so that concurrent processes apply migrations one at a time.
+MIGRATION_LOCK_KEY = 0x52455445
+_MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+
+
+def embedded_database_url(pgdata: Path, database: str = "postgres") -> str:
+    """Start (or find) the embedded server for ``pgdata`` and return its URL.
+
+    Imported lazily: a production deployment with a server URL never touches pgserver.
+    """
+    import pgserver  # noqa: PLC0415
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    return server.get_uri(database)
+
+
+def stop_embedded_server(pgdata: Path) -> bool:
+    """Stop the embedded server if it runs; True when one was stopped."""
+    from pgserver._commands import pg_ctl  # noqa: PLC0415
+    from pgserver.utils import PostmasterInfo  # noqa: PLC0415
+
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    user = "pgserver" if _running_as_root() else None
+    pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)
+    return True
+
+
+def _running_as_root() -> bool:
+    import os  # noqa: PLC0415
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+EMBEDDED_WAREHOUSE_DATABASE = "retention"
+
+
+def resolve_database_url(database_url: str | None, pgdata: Path) -> str:
+    """The warehouse URL: the configured server, or a database on the embedded one."""
+    if database_url:
+        return database_url
+    url = embedded_database_url(pgdata, EMBEDDED_WAREHOUSE_DATABASE)
+    ensure_database(url, EMBEDDED_WAREHOUSE_DATABASE)
+    return url
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL, pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@dataclass(frozen=True)
+class ConnectionParts:
+    """A URL split into the pieces libpq-style clients such as dbt take one by one."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+
+def connection_parts(url: str) -> ConnectionParts:
+    """Split a Postgres URL, taking a Unix-socket directory from ``?host=`` when present."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
+    port = int(query.get("port", [parts.port or 5432])[0])
+    return ConnectionParts(
+        host=host,
+        port=port,
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password or ""),
+        dbname=parts.path.lstrip("/") or "postgres",
+    )
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL for SQLAlchemy-based clients (dagster-postgres, MLflow, Optuna): psycopg2."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
+
+
+@contextmanager
+def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A psycopg connection that commits on success and rolls back on error."""
+    with psycopg.connect(url, autocommit=autocommit) as conn:
+        yield conn
+
+
+def ensure_database(url: str, database: str) -> None:
+    """Create ``database`` on the server of ``url`` unless it exists."""
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+        if exists is None:
+            try:
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another process created it between our check and our create
+
+
+def drop_database(url: str, database: str) -> None:
+    """Drop ``database`` (used by tests for their throwaway databases)."""
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(database))
+        )
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str = field(repr=False)
+
+
+def available_migrations() -> list[Migration]:
+    """The migrations shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("retention_pipelines.core.migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(
+                Migration(int(match["version"]), match["name"], entry.read_text(encoding="utf-8"))
+            )
+    return sorted(found, key=lambda migration: migration.version)
+
+
+def upgrade(url: str) -> list[Migration]:
+    """Apply every migration not yet applied, in one transaction; return those applied.
+
+    Safe to call from several processes at once: an advisory lock serialises them and the
+    second finds nothing left to do. A failing migration leaves the database as it was.
+    """
+    applied_now: list[Migration] = []
+    with psycopg.connect(url) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            f"create table if not exists {MIGRATIONS_TABLE} ("
+            " version integer primary key, name text not null,"
+            " applied_at timestamptz not null default now())"
+        )
+        done = {row[0] for row in conn.execute(f"select version from {MIGRATIONS_TABLE}")}
+        for migration in available_migrations():
+            if migration.version in done:
+                continue
+            logger.info("applying migration %04d_%s", migration.version, migration.name)
+            conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted, shipped SQL
+            conn.execute(
+                f"insert into {MIGRATIONS_TABLE} (version, name) values (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied_now.append(migration)
+    return applied_now
+
+
+def current_version(url: str) -> int:
+    """The highest applied migration version, 0 when none."""
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("select to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone()
+        if exists is None or exists[0] is None:
+            return 0
+        row = conn.execute(f"select coalesce(max(version), 0) from {MIGRATIONS_TABLE}").fetchone()
+        return int(row[0]) if row else 0

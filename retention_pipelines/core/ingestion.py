@@ -1,0 +1,379 @@
+"""Reading a landing file: file-level checks, then rows read as text, normalized, converted
+and validated chunk by chunk.
+
+Every data row read ends in exactly one place: a valid row or a reject with its reasons
+(duplicates are settled later, in the warehouse, across the whole file).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pandera.errors
+
+from retention_pipelines.core.schemas import (
+    CATEGORIES,
+    MAX_TENURE_MONTHS,
+    RAW_COLUMN_NAMES,
+    TELCO_COLUMNS,
+    TELCO_NAME_OF,
+    CustomerSnapshotSchema,
+)
+
+# Text that means "no value" in landing files, compared after trimming and lower-casing.
+NULL_TOKENS: Final[frozenset[str]] = frozenset(
+    {"", "na", "n/a", "nan", "null", "none", "nil", "-", "?"}
+)
+# Accepted spellings of the two answers of a Yes/No column, lower-cased.
+YES_SPELLINGS: Final[frozenset[str]] = frozenset({"yes", "y", "true", "t"})
+NO_SPELLINGS: Final[frozenset[str]] = frozenset({"no", "n", "false", "f"})
+_READ_BLOCK_BYTES: Final = 1 << 20
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+class LandingFileError(ValueError):
+    """A fault of the whole file: nothing of it is ingested."""
+
+    def __init__(self, path: Path, rule: str, detail: str) -> None:
+        self.path = path
+        self.rule = rule
+        super().__init__(f"{path}: {rule}: {detail}")
+
+
+@dataclass(frozen=True)
+class LandingFileFacts:
+    """What the file-level checks learned, recorded with the partition."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+    has_bom: bool
+
+
+def check_landing_file(path: Path, *, max_bytes: int) -> LandingFileFacts:
+    """Refuse a file that cannot be ingested as a whole, before any row is written.
+
+    One streaming pass checks the size, strict UTF-8 (a BOM is accepted), the header and that
+    at least one data row follows it; it also fingerprints the file.
+    """
+    if not path.is_file():
+        raise LandingFileError(path, "missing file", "no landing file at this path")
+    size = path.stat().st_size
+    if size == 0:
+        raise LandingFileError(path, "empty file", "the file has no bytes")
+    if size > max_bytes:
+        raise LandingFileError(
+            path, "file too large", f"{size:,} bytes is over the limit of {max_bytes:,} bytes"
+        )
+    digest, has_bom, first_lines = _scan_utf8(path)
+    header = _parse_header(path, first_lines[0] if first_lines else "")
+    missing = [column for column in TELCO_COLUMNS if column not in header]
+    unexpected = [column for column in header if column not in TELCO_COLUMNS]
+    duplicated = sorted({column for column in header if header.count(column) > 1})
+    if missing or unexpected or duplicated:
+        raise LandingFileError(
+            path,
+            "header does not match the Telco columns",
+            f"missing columns: {missing or 'none'}; unexpected columns: {unexpected or 'none'}"
+            + (f"; repeated columns: {duplicated}" if duplicated else ""),
+        )
+    if not any(line.strip() for line in first_lines[1:]):
+        raise LandingFileError(path, "header only", "the file has a header and no data rows")
+    return LandingFileFacts(path=path, size_bytes=size, sha256=digest, has_bom=has_bom)
+
+
+def _scan_utf8(path: Path) -> tuple[str, bool, list[str]]:
+    """Decode the whole file strictly, block by block; return its hash, BOM flag, first lines."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    digest = hashlib.sha256()
+    offset = 0
+    head = ""
+    with path.open("rb") as handle:
+        first = handle.read(3)
+        has_bom = first == codecs.BOM_UTF8
+        block = first[3:] if has_bom else first
+        offset = len(first) - len(block)
+        digest.update(first)
+        while True:
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                raise LandingFileError(
+                    path,
+                    "not valid UTF-8",
+                    f"undecodable byte {block[error.start : error.start + 1]!r} "
+                    f"at byte offset {offset + error.start}",
+                ) from error
+            if len(head) < _READ_BLOCK_BYTES:
+                head += text
+            if not block:
+                break
+            offset += len(block)
+            block = handle.read(_READ_BLOCK_BYTES)
+            digest.update(block)
+    return digest.hexdigest(), has_bom, head.splitlines()[:3]
+
+
+def _parse_header(path: Path, line: str) -> list[str]:
+    if not line.strip():
+        raise LandingFileError(path, "no header", "the first line is blank")
+    return [name.strip() for name in next(csv.reader([line]))]
+
+
+@dataclass
+class ValidatedChunk:
+    """One chunk of rows after validation: valid rows typed, rejects with their reasons."""
+
+    valid: pd.DataFrame
+    valid_records: list[str]  # each valid row exactly as read, as JSON, for the quarantine
+    rejects: pd.DataFrame  # row_number, customer_id, record (json text), reasons (list[str])
+    rows_read: int
+
+
+@dataclass
+class _ChunkText:
+    header: list[str]
+    row_numbers: list[int] = field(default_factory=list)
+    records: list[list[str]] = field(default_factory=list)
+    ragged_row_numbers: list[int] = field(default_factory=list)
+    ragged_records: list[list[str]] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.row_numbers) + len(self.ragged_row_numbers)
+
+
+def read_validated_chunks(path: Path, *, chunk_rows: int) -> Iterator[ValidatedChunk]:
+    """Stream the file in chunks of at most ``chunk_rows`` rows, each validated.
+
+    Row numbers count data records from 1 (the header is row 0). Blank lines are not rows.
+    """
+    for chunk in _read_text_chunks(path, chunk_rows):
+        yield validate_text_rows(chunk)
+
+
+def _read_text_chunks(path: Path, chunk_rows: int) -> Iterator[_ChunkText]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader)]
+        chunk = _ChunkText(header)
+        row_number = 0
+        for record in reader:
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue
+            row_number += 1
+            if len(record) == len(header):
+                chunk.row_numbers.append(row_number)
+                chunk.records.append(record)
+            else:
+                chunk.ragged_row_numbers.append(row_number)
+                chunk.ragged_records.append(record)
+            if chunk.rows_read >= chunk_rows:
+                yield chunk
+                chunk = _ChunkText(header)
+        if chunk.rows_read:
+            yield chunk
+
+
+def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
+    """Normalize, convert and validate one chunk; every row ends valid or rejected."""
+    text = pd.DataFrame(chunk.records, columns=chunk.header, dtype=object)
+    text.index = pd.Index(chunk.row_numbers, name="row_number")
+    text = text[list(TELCO_COLUMNS)]
+    typed, reasons = convert_text_rows(text)
+    _add_schema_failures(typed, reasons)
+    rejected_rows = sorted(reasons)
+    valid = typed.drop(index=rejected_rows)
+    rejects = _reject_frame(text, reasons, rejected_rows)
+    if chunk.ragged_row_numbers:
+        rejects = pd.concat([rejects, _ragged_rejects(chunk)], ignore_index=True)
+    return ValidatedChunk(
+        valid=valid,
+        valid_records=_as_json_lines(text.loc[valid.index]),
+        rejects=rejects,
+        rows_read=chunk.rows_read,
+    )
+
+
+def _as_json_lines(records: pd.DataFrame) -> list[str]:
+    if records.empty:
+        return []
+    return records.to_json(orient="records", lines=True, force_ascii=False).splitlines()
+
+
+def normalize_text(values: pd.Series) -> pd.Series:
+    """Trim, collapse inner whitespace runs, and turn null tokens into missing values."""
+    cleaned = values.astype("string").str.strip().str.replace(_WHITESPACE_RUN, " ", regex=True)
+    is_null = cleaned.str.lower().isin(NULL_TOKENS) | cleaned.isna()
+    return cleaned.mask(is_null, pd.NA)
+
+
+def canonical_category(values: pd.Series, allowed: tuple[str, ...]) -> pd.Series:
+    """Map case variants and Yes/No spellings to the canonical value; leave others as read."""
+    lowered = values.str.lower()
+    mapping = {value.lower(): value for value in allowed}
+    if "Yes" in allowed:
+        mapping |= dict.fromkeys(YES_SPELLINGS, "Yes") | dict.fromkeys(NO_SPELLINGS, "No")
+    mapped = lowered.map(mapping)
+    return mapped.where(mapped.notna(), values)
+
+
+def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Convert normalized text to the raw table's types, recording every conversion failure.
+
+    A value that cannot be converted becomes missing here and gets its own reason, so that
+    schema validation reports the remaining rules without an exception.
+    """
+    reasons: dict[int, list[str]] = {}
+    typed = pd.DataFrame(index=text.index)
+    for telco_name, raw_name in RAW_COLUMN_NAMES.items():
+        values = normalize_text(text[telco_name])
+        if raw_name in CATEGORIES:
+            typed[raw_name] = canonical_category(values, CATEGORIES[raw_name]).astype(object)
+        else:
+            typed[raw_name] = values.astype(object)
+    senior = canonical_category(typed["senior_citizen"].astype("string"), ("Yes", "No"))
+    typed["senior_citizen"] = senior.map({"Yes": "1", "No": "0"}).fillna(senior)
+    for column, kind in (
+        ("senior_citizen", "integer"),
+        ("tenure", "integer"),
+        ("monthly_charges", "number"),
+        ("total_charges", "number"),
+    ):
+        typed[column] = _to_number(typed[column], column, kind, reasons)
+    _apply_total_charges_rule(typed, reasons)
+    typed["customer_id"] = typed["customer_id"].fillna("")
+    return typed, reasons
+
+
+def _to_number(
+    values: pd.Series, column: str, kind: str, reasons: dict[int, list[str]]
+) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    not_a_number = values.notna() & numbers.isna()
+    if kind == "integer":
+        fractional = numbers.notna() & (numbers != np.floor(numbers.fillna(0)))
+        not_a_number |= fractional
+        numbers = numbers.mask(fractional)
+    for row_number, value in values[not_a_number].items():
+        reasons.setdefault(int(row_number), []).append(
+            f"{TELCO_NAME_OF[column]}: {value!r} is not {'an' if kind == 'integer' else 'a'} {kind}"
+        )
+    if kind == "integer":
+        return numbers.round().astype("Int64")
+    return numbers.astype(float)
+
+
+def _apply_total_charges_rule(typed: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
+    """Blank TotalCharges means no bill yet: 0 for a new customer, an error otherwise."""
+    blank = typed["total_charges"].isna()
+    new_customer = typed["tenure"].fillna(-1).eq(0)
+    typed.loc[blank & new_customer, "total_charges"] = 0.0
+    for row_number in typed.index[blank & ~new_customer & typed["tenure"].notna()]:
+        tenure = typed.at[row_number, "tenure"]
+        reasons.setdefault(int(row_number), []).append(
+            f"TotalCharges: blank but tenure is {tenure} months (blank is only allowed at 0)"
+        )
+
+
+def _add_schema_failures(typed: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
+    """Validate lazily and turn every failure case into a reason on its row."""
+    try:
+        CustomerSnapshotSchema.validate(typed, lazy=True)
+    except pandera.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        cases = cases[cases["index"].notna()]
+        for case in cases.itertuples(index=False):
+            row_number = int(case.index)
+            reason = describe_failure(case.column, str(case.check), case.failure_case, typed, row_number)
+            if reason is None:
+                continue
+            row_reasons = reasons.setdefault(row_number, [])
+            column_label = f"{TELCO_NAME_OF.get(str(case.column), '')}:"
+            already_explained = any(existing.startswith(column_label) for existing in row_reasons)
+            if not (already_explained and "null" in str(case.check)):
+                row_reasons.append(reason)
+
+
+def describe_failure(
+    column: object, check: str, value: object, typed: pd.DataFrame, row_number: int
+) -> str | None:
+    """A sentence a data engineer understands, naming the landing column and the value."""
+    if column is None or column == "CustomerSnapshotSchema" or (
+        isinstance(column, float) and np.isnan(column)
+    ):
+        return f"rule broken: {check}"
+    name = TELCO_NAME_OF.get(str(column), str(column))
+    if check.startswith("dtype("):
+        return None  # a conversion reason already names the value
+    if check == "not_nullable":
+        return f"{name}: missing value"
+    if check.startswith("isin("):
+        allowed = ", ".join(CATEGORIES.get(str(column), ()))
+        return f"{name}: {value!r} is not one of: {allowed}"
+    if check.startswith("str_matches("):
+        return f"{name}: {value!r} is not a customer id like 1234-ABCDE"
+    if check.startswith(("greater_than_or_equal_to", "less_than_or_equal_to")):
+        bounds = f"0..{MAX_TENURE_MONTHS}" if column == "tenure" else ">= 0"
+        return f"{name}: {value} is outside the allowed range {bounds}"
+    return f"{name}: {value!r} fails {check}"
+
+
+def _reject_frame(
+    text: pd.DataFrame, reasons: dict[int, list[str]], rejected_rows: list[int]
+) -> pd.DataFrame:
+    records = text.loc[rejected_rows]
+    return pd.DataFrame(
+        {
+            "row_number": rejected_rows,
+            "customer_id": normalize_text(records["customerID"]).astype(object).tolist(),
+            "record": _as_json_lines(records),
+            "reasons": [reasons[row] for row in rejected_rows],
+        }
+    )
+
+
+def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
+    import json  # noqa: PLC0415
+
+    width = len(chunk.header)
+    return pd.DataFrame(
+        {
+            "row_number": chunk.ragged_row_numbers,
+            "customer_id": [
+                record[0].strip() or None if record else None for record in chunk.ragged_records
+            ],
+            "record": [
+                json.dumps({"fields": record}, ensure_ascii=False) for record in chunk.ragged_records
+            ],
+            "reasons": [
+                [f"fields: the row has {len(record)} fields; the header has {width}"]
+                for record in chunk.ragged_records
+            ],
+        }
+    )
+
+
+def row_fingerprints(valid: pd.DataFrame) -> np.ndarray:
+    """A 64-bit fingerprint of each valid row's values, to tell exact duplicates from conflicts."""
+    hashes = pd.util.hash_pandas_object(valid.astype("string"), index=False)
+    return hashes.to_numpy().view(np.int64)
+
+
+__all__ = [
+    "LandingFileError",
+    "LandingFileFacts",
+    "ValidatedChunk",
+    "check_landing_file",
+    "read_validated_chunks",
+    "row_fingerprints",
+]

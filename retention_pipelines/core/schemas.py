@@ -1,0 +1,131 @@
+"""Pandera models for the data boundaries, one per table, strict.
+
+Values are converted explicitly before validation (see ``core.ingestion``), so a bad value
+becomes a row error with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import DataFrame, Series
+
+# The header of a landing file, exactly as the Telco data has it.
+TELCO_COLUMNS: Final[tuple[str, ...]] = (
+    "customerID", "gender", "SeniorCitizen", "Partner", "Dependents", "tenure",
+    "PhoneService", "MultipleLines", "InternetService", "OnlineSecurity", "OnlineBackup",
+    "DeviceProtection", "TechSupport", "StreamingTV", "StreamingMovies", "Contract",
+    "PaperlessBilling", "PaymentMethod", "MonthlyCharges", "TotalCharges", "Churn",
+)  # fmt: skip
+
+# Landing column -> column of raw.customer_snapshots.
+RAW_COLUMN_NAMES: Final[dict[str, str]] = {
+    "customerID": "customer_id",
+    "gender": "gender",
+    "SeniorCitizen": "senior_citizen",
+    "Partner": "partner",
+    "Dependents": "dependents",
+    "tenure": "tenure",
+    "PhoneService": "phone_service",
+    "MultipleLines": "multiple_lines",
+    "InternetService": "internet_service",
+    "OnlineSecurity": "online_security",
+    "OnlineBackup": "online_backup",
+    "DeviceProtection": "device_protection",
+    "TechSupport": "tech_support",
+    "StreamingTV": "streaming_tv",
+    "StreamingMovies": "streaming_movies",
+    "Contract": "contract",
+    "PaperlessBilling": "paperless_billing",
+    "PaymentMethod": "payment_method",
+    "MonthlyCharges": "monthly_charges",
+    "TotalCharges": "total_charges",
+    "Churn": "churn",
+}
+TELCO_NAME_OF: Final[dict[str, str]] = {raw: telco for telco, raw in RAW_COLUMN_NAMES.items()}
+
+YES_NO: Final[tuple[str, ...]] = ("Yes", "No")
+NO_PHONE: Final = "No phone service"
+NO_INTERNET: Final = "No internet service"
+ADD_ON_COLUMNS: Final[tuple[str, ...]] = (
+    "online_security",
+    "online_backup",
+    "device_protection",
+    "tech_support",
+    "streaming_tv",
+    "streaming_movies",
+)
+
+# Allowed values of every categorical column, in their canonical spelling.
+CATEGORIES: Final[dict[str, tuple[str, ...]]] = {
+    "gender": ("Female", "Male"),
+    "partner": YES_NO,
+    "dependents": YES_NO,
+    "phone_service": YES_NO,
+    "multiple_lines": (*YES_NO, NO_PHONE),
+    "internet_service": ("DSL", "Fiber optic", "No"),
+    **{column: (*YES_NO, NO_INTERNET) for column in ADD_ON_COLUMNS},
+    "contract": ("Month-to-month", "One year", "Two year"),
+    "paperless_billing": YES_NO,
+    "payment_method": (
+        "Electronic check",
+        "Mailed check",
+        "Bank transfer (automatic)",
+        "Credit card (automatic)",
+    ),
+    "churn": YES_NO,
+}
+
+CUSTOMER_ID_PATTERN: Final = r"^\d{4}-[A-Z]{5}$"
+MAX_TENURE_MONTHS: Final = 120
+
+
+def _category(column: str, *, nullable: bool = False) -> pa.Field:  # type: ignore[valid-type]
+    return pa.Field(isin=list(CATEGORIES[column]), nullable=nullable)
+
+
+class CustomerSnapshotSchema(pa.DataFrameModel):
+    """A valid row of ``raw.customer_snapshots`` (before the partition columns are added)."""
+
+    customer_id: Series[str] = pa.Field(str_matches=CUSTOMER_ID_PATTERN)
+    gender: Series[str] = _category("gender")
+    senior_citizen: Series[pd.Int64Dtype] = pa.Field(isin=[0, 1])
+    partner: Series[str] = _category("partner")
+    dependents: Series[str] = _category("dependents")
+    tenure: Series[pd.Int64Dtype] = pa.Field(ge=0, le=MAX_TENURE_MONTHS)
+    phone_service: Series[str] = _category("phone_service")
+    multiple_lines: Series[str] = _category("multiple_lines")
+    internet_service: Series[str] = _category("internet_service")
+    online_security: Series[str] = _category("online_security")
+    online_backup: Series[str] = _category("online_backup")
+    device_protection: Series[str] = _category("device_protection")
+    tech_support: Series[str] = _category("tech_support")
+    streaming_tv: Series[str] = _category("streaming_tv")
+    streaming_movies: Series[str] = _category("streaming_movies")
+    contract: Series[str] = _category("contract")
+    paperless_billing: Series[str] = _category("paperless_billing")
+    payment_method: Series[str] = _category("payment_method")
+    monthly_charges: Series[float] = pa.Field(ge=0)
+    total_charges: Series[float] = pa.Field(ge=0)
+    churn: Series[str] = _category("churn", nullable=True)
+
+    class Config:
+        strict = True
+        coerce = False
+
+    @pa.dataframe_check(name="MultipleLines is 'No phone service' exactly when PhoneService is No")
+    def phone_lines_agree(cls, frame: pd.DataFrame) -> pd.Series:  # noqa: N805
+        return (frame["multiple_lines"] == NO_PHONE) == (frame["phone_service"] == "No")
+
+    @pa.dataframe_check(name="add-on services are 'No internet service' exactly when there is none")
+    def internet_add_ons_agree(cls, frame: pd.DataFrame) -> pd.Series:  # noqa: N805
+        no_internet = frame["internet_service"] == "No"
+        agree = pd.Series(True, index=frame.index)
+        for column in ADD_ON_COLUMNS:
+            agree &= (frame[column] == NO_INTERNET) == no_internet
+        return agree
+
+
+CustomerSnapshots = DataFrame[CustomerSnapshotSchema]

@@ -1,0 +1,70 @@
+"""Every setting of the platform, read from the environment (prefix ``RETENTION_``) in one place.
+
+Defaults make a fresh clone work locally: no database install (an embedded Postgres under
+``.retention/``), landing files under ``.retention/landing/``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RetentionSettings(BaseSettings):
+    """Settings with their defaults; each one is overridden by ``RETENTION_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL of the warehouse. Unset: the embedded server under home_dir.",
+    )
+    home_dir: Path = Field(
+        default=PROJECT_ROOT / ".retention",
+        description="Local state: embedded Postgres data, landing files, Dagster home.",
+    )
+    landing_dir: Path | None = Field(
+        default=None, description="Where daily landing files are read. Default: home_dir/landing."
+    )
+    dagster_database: str = Field(
+        default="dagster", description="Database for the Dagster instance on the same server."
+    )
+    max_file_bytes: int = Field(
+        default=2 * 1024**3, description="Landing files larger than this are refused."
+    )
+    ingest_chunk_rows: int = Field(
+        default=100_000, description="Rows validated and copied per chunk during ingestion."
+    )
+    max_reject_share: float = Field(
+        default=0.05, description="Blocking check: share of rejected rows allowed in a partition."
+    )
+    partitions_start_date: str = Field(
+        default="2024-01-01", description="First daily partition of the snapshot assets."
+    )
+    timezone: str = Field(default="UTC", description="Timezone of the daily partitions.")
+    dbt_project_dir: Path = Field(
+        default=PROJECT_ROOT / "dbt_project", description="The dbt project Dagster runs."
+    )
+
+    @property
+    def resolved_landing_dir(self) -> Path:
+        return self.landing_dir or self.home_dir / "landing"
+
+    @property
+    def embedded_pgdata(self) -> Path:
+        return self.home_dir / "pgdata"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home_dir / "dagster_home"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> RetentionSettings:
+    """The process-wide settings, read once from the environment."""
+    return RetentionSettings()
