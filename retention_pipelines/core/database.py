@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import psycopg
@@ -35,15 +37,26 @@ def embedded_database_url(pgdata: Path, database: str = "postgres") -> str:
 
     Imported lazily: a production deployment with a server URL never touches pgserver.
     """
-    import pgserver  # noqa: PLC0415
-
+    pgserver = _import_pgserver()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     return server.get_uri(database)
 
 
+def _import_pgserver() -> ModuleType:
+    # pgserver asks platformdirs for a runtime folder at import; without XDG_RUNTIME_DIR that
+    # warns on every command although the /tmp fallback it takes is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # noqa: PLC0415
+        import pgserver._commands  # noqa: PLC0415
+        import pgserver.utils  # noqa: PLC0415
+    return pgserver
+
+
 def stop_embedded_server(pgdata: Path) -> bool:
     """Stop the embedded server if it runs; True when one was stopped."""
+    _import_pgserver()
     from pgserver._commands import pg_ctl  # noqa: PLC0415
     from pgserver.utils import PostmasterInfo  # noqa: PLC0415
 

@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +39,11 @@ YES_SPELLINGS: Final[frozenset[str]] = frozenset({"yes", "y", "true", "t"})
 NO_SPELLINGS: Final[frozenset[str]] = frozenset({"no", "n", "false", "f"})
 _READ_BLOCK_BYTES: Final = 1 << 20
 _WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def landing_file_name(snapshot_date: date) -> str:
+    """The name a day's landing file has: ``customers_YYYY-MM-DD.csv``."""
+    return f"customers_{snapshot_date.isoformat()}.csv"
 
 
 class LandingFileError(ValueError):
@@ -97,13 +103,14 @@ def _scan_utf8(path: Path) -> tuple[str, bool, list[str]]:
     digest = hashlib.sha256()
     offset = 0
     head = ""
+    has_bom = False
     with path.open("rb") as handle:
-        first = handle.read(3)
-        has_bom = first == codecs.BOM_UTF8
-        block = first[3:] if has_bom else first
-        offset = len(first) - len(block)
-        digest.update(first)
         while True:
+            block = handle.read(_READ_BLOCK_BYTES)
+            digest.update(block)
+            if offset == 0 and block.startswith(codecs.BOM_UTF8):
+                has_bom = True
+                block, offset = block[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as error:
@@ -118,8 +125,6 @@ def _scan_utf8(path: Path) -> tuple[str, bool, list[str]]:
             if not block:
                 break
             offset += len(block)
-            block = handle.read(_READ_BLOCK_BYTES)
-            digest.update(block)
     return digest.hexdigest(), has_bom, head.splitlines()[:3]
 
 
@@ -243,6 +248,7 @@ def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[
             typed[raw_name] = values.astype(object)
     senior = canonical_category(typed["senior_citizen"].astype("string"), ("Yes", "No"))
     typed["senior_citizen"] = senior.map({"Yes": "1", "No": "0"}).fillna(senior)
+    blank_total = typed["total_charges"].isna()
     for column, kind in (
         ("senior_citizen", "integer"),
         ("tenure", "integer"),
@@ -250,7 +256,7 @@ def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[
         ("total_charges", "number"),
     ):
         typed[column] = _to_number(typed[column], column, kind, reasons)
-    _apply_total_charges_rule(typed, reasons)
+    _apply_total_charges_rule(typed, blank_total, reasons)
     typed["customer_id"] = typed["customer_id"].fillna("")
     return typed, reasons
 
@@ -273,9 +279,10 @@ def _to_number(
     return numbers.astype(float)
 
 
-def _apply_total_charges_rule(typed: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
+def _apply_total_charges_rule(
+    typed: pd.DataFrame, blank: pd.Series, reasons: dict[int, list[str]]
+) -> None:
     """Blank TotalCharges means no bill yet: 0 for a new customer, an error otherwise."""
-    blank = typed["total_charges"].isna()
     new_customer = typed["tenure"].fillna(-1).eq(0)
     typed.loc[blank & new_customer, "total_charges"] = 0.0
     for row_number in typed.index[blank & ~new_customer & typed["tenure"].notna()]:
@@ -294,31 +301,31 @@ def _add_schema_failures(typed: pd.DataFrame, reasons: dict[int, list[str]]) -> 
         cases = cases[cases["index"].notna()]
         for case in cases.itertuples(index=False):
             row_number = int(case.index)
-            reason = describe_failure(case.column, str(case.check), case.failure_case, typed, row_number)
-            if reason is None:
-                continue
             row_reasons = reasons.setdefault(row_number, [])
+            if case.schema_context != "Column":
+                # A rule across columns is reported once per column; say it once per row.
+                rule = f"rule broken: {case.check}"
+                if rule not in row_reasons:
+                    row_reasons.append(rule)
+                continue
+            reason = describe_failure(str(case.column), str(case.check), case.failure_case)
             column_label = f"{TELCO_NAME_OF.get(str(case.column), '')}:"
             already_explained = any(existing.startswith(column_label) for existing in row_reasons)
-            if not (already_explained and "null" in str(case.check)):
+            if reason is not None and not (already_explained and "null" in str(case.check)):
                 row_reasons.append(reason)
+        for row_number in [row for row, found in reasons.items() if not found]:
+            del reasons[row_number]
 
 
-def describe_failure(
-    column: object, check: str, value: object, typed: pd.DataFrame, row_number: int
-) -> str | None:
+def describe_failure(column: str, check: str, value: object) -> str | None:
     """A sentence a data engineer understands, naming the landing column and the value."""
-    if column is None or column == "CustomerSnapshotSchema" or (
-        isinstance(column, float) and np.isnan(column)
-    ):
-        return f"rule broken: {check}"
-    name = TELCO_NAME_OF.get(str(column), str(column))
+    name = TELCO_NAME_OF.get(column, column)
     if check.startswith("dtype("):
         return None  # a conversion reason already names the value
     if check == "not_nullable":
         return f"{name}: missing value"
     if check.startswith("isin("):
-        allowed = ", ".join(CATEGORIES.get(str(column), ()))
+        allowed = ", ".join(CATEGORIES.get(column, ()))
         return f"{name}: {value!r} is not one of: {allowed}"
     if check.startswith("str_matches("):
         return f"{name}: {value!r} is not a customer id like 1234-ABCDE"

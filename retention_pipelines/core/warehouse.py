@@ -276,3 +276,17 @@ def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
             rows_rejected=_count(conn, "raw.customer_rejects", snapshot_date),
             duplicates_collapsed=int(run[1]),
         )
+
+
+def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> str:
+    """The first valid rows of a partition as a Markdown table, for the asset's metadata."""
+    columns = ["customer_id", "tenure", "contract", "internet_service", "monthly_charges", "churn"]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            f"select {', '.join(columns)} from raw.customer_snapshots where snapshot_date = %s"
+            " order by source_row_number limit %s",
+            (snapshot_date, limit),
+        ).fetchall()
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join("" if value is None else str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)

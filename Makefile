@@ -1,0 +1,54 @@
+# The project's tasks. CI runs `make test` exactly as a person types it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv installs everything from uv.lock; bootstrapped into .tools/ when it is not installed.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(CURDIR)/.tools/bin/uv
+endif
+PYTHON ?= python3.11
+RUN := $(UV) run --frozen
+PORT ?= 3000
+
+.PHONY: help install demo dev test lint format db-upgrade db-stop clean
+
+help: ## List the tasks
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+.venv/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+install: .venv/.installed ## Create .venv and install the locked dependencies
+
+demo: install ## Start the embedded Postgres, build today's partition, serve the Dagster UI on :3000
+	$(RUN) retention demo --port $(PORT)
+
+dev: install ## Serve the Dagster UI (webserver and daemon) on the local instance
+	DAGSTER_HOME="$$($(RUN) retention dagster-home)" $(RUN) dagster dev -w workspace.yaml -p $(PORT)
+
+test: install ## Run the whole test suite against real Postgres and real dbt
+	$(RUN) pytest
+
+lint: install ## ruff lint and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+db-upgrade: install ## Apply the warehouse migrations
+	$(RUN) retention db upgrade
+
+db-stop: install ## Stop the embedded Postgres
+	$(RUN) retention db stop
+
+clean: ## Remove build outputs (keeps .retention/ data)
+	rm -rf dbt_project/target dbt_project/logs .pytest_cache .ruff_cache

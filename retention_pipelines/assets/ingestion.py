@@ -1,0 +1,121 @@
+"""``raw_customer_snapshot``: a day's landing file, validated, into the raw tables."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+
+from retention_pipelines.assets.partitions import daily_partitions
+from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
+from retention_pipelines.core.warehouse import (
+    IngestionSummary,
+    PartitionCounts,
+    partition_counts,
+    preview_partition,
+    replace_snapshot_partition,
+)
+from retention_pipelines.resources import LandingResource, WarehouseResource
+
+RECONCILE_CHECK = "rows_reconcile"
+REJECT_SHARE_CHECK = "reject_share_below_threshold"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="ingestion",
+    kinds={"postgres", "pandas"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            RECONCILE_CHECK,
+            asset="raw_customer_snapshot",
+            blocking=True,
+            description="Rows read = valid + rejected + collapsed duplicates, read back from the tables.",
+        ),
+        dg.AssetCheckSpec(
+            REJECT_SHARE_CHECK,
+            asset="raw_customer_snapshot",
+            blocking=True,
+            description="The share of rejected rows is under the configured threshold.",
+        ),
+    ],
+)
+def raw_customer_snapshot(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource
+) -> dg.MaterializeResult:
+    """The day's customer snapshot in ``raw.customer_snapshots``; bad rows in
+    ``raw.customer_rejects`` with every reason. The partition is replaced whole."""
+    snapshot_date = date.fromisoformat(context.partition_key)
+    path = landing.path_for(snapshot_date)
+    if not path.exists():
+        raise dg.Failure(
+            f"No landing file for {snapshot_date}: expected {path}. "
+            "Copy one in with `retention ingest PATH --date YYYY-MM-DD`."
+        )
+    facts = check_landing_file(path, max_bytes=landing.file_limit())
+    url = warehouse.url()
+    summary = replace_snapshot_partition(
+        url,
+        snapshot_date=snapshot_date,
+        facts=facts,
+        chunks=read_validated_chunks(path, chunk_rows=landing.rows_per_chunk()),
+        on_chunk=lambda rows: context.log.info(f"{path.name}: {rows:,} rows read"),
+    )
+    context.log.info(
+        f"{summary.rows_valid:,} valid, {summary.rows_rejected:,} rejected, "
+        f"{summary.duplicates_collapsed:,} duplicates collapsed of {summary.rows_read:,} read"
+    )
+    counts = partition_counts(url, snapshot_date)
+    return dg.MaterializeResult(
+        metadata=_metadata(summary, str(path), preview_partition(url, snapshot_date)),
+        check_results=[
+            _reconcile_result(counts),
+            _reject_share_result(summary, landing.reject_threshold()),
+        ],
+    )
+
+
+def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, dg.RawMetadataValue]:
+    reasons = "\n".join(f"| {kind} | {count:,} |" for kind, count in summary.reject_reasons.items())
+    return {
+        "dagster/row_count": summary.rows_valid,
+        "landing_file": dg.MetadataValue.path(path),
+        "rows_read": summary.rows_read,
+        "rows_valid": summary.rows_valid,
+        "rows_rejected": summary.rows_rejected,
+        "duplicates_collapsed": summary.duplicates_collapsed,
+        "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
+        "reject_reasons": dg.MetadataValue.md(
+            "| reason | rows |\n| --- | --- |\n" + (reasons or "| none | 0 |")
+        ),
+        "preview": dg.MetadataValue.md(preview),
+    }
+
+
+def _reconcile_result(counts: PartitionCounts | None) -> dg.AssetCheckResult:
+    if counts is None:
+        return dg.AssetCheckResult(
+            check_name=RECONCILE_CHECK, passed=False, metadata={"error": "no ingestion run recorded"}
+        )
+    return dg.AssetCheckResult(
+        check_name=RECONCILE_CHECK,
+        passed=counts.reconciles,
+        metadata={
+            "rows_read": counts.rows_read,
+            "rows_valid": counts.rows_valid,
+            "rows_rejected": counts.rows_rejected,
+            "duplicates_collapsed": counts.duplicates_collapsed,
+        },
+    )
+
+
+def _reject_share_result(summary: IngestionSummary, threshold: float) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=REJECT_SHARE_CHECK,
+        passed=summary.reject_share < threshold or summary.rows_rejected == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
+            "threshold": dg.MetadataValue.float(threshold),
+        },
+    )

@@ -1,0 +1,12 @@
+"""The daily partitioning shared by every snapshot-shaped asset."""
+
+import dagster as dg
+
+from retention_pipelines.settings import get_settings
+
+# end_offset=1: today's partition exists, so the nightly run can ingest today's snapshot.
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=get_settings().partitions_start_date,
+    timezone=get_settings().timezone,
+    end_offset=1,
+)

@@ -1,0 +1,152 @@
+"""The ``retention`` command: generate and land data, manage the database, run the demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from retention_pipelines.core import database
+from retention_pipelines.core.ingestion import check_landing_file, landing_file_name
+from retention_pipelines.settings import PROJECT_ROOT, get_settings
+
+if TYPE_CHECKING:
+    from retention_pipelines.demo import DemoReport
+
+app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
+db_app = typer.Typer(help="The platform's Postgres: embedded by default, or RETENTION_DATABASE_URL.")
+app.add_typer(db_app, name="db")
+console = Console()
+
+DateOption = Annotated[
+    str, typer.Option("--date", help="Snapshot date, YYYY-MM-DD (default: today).")
+]
+
+
+def _parse_date(value: str | None) -> date:
+    if not value:
+        return date.today()  # noqa: DTZ011  # the operator's calendar day
+    try:
+        return date.fromisoformat(value)
+    except ValueError as error:
+        raise typer.BadParameter(f"{value!r} is not a date like 2026-11-26") from error
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+
+
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 5_000,
+    snapshot_date: DateOption = "",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same file.")] = 0,
+    drift: Annotated[float, typer.Option(min=0.0, max=1.0, help="Distribution shift, 0..1.")] = 0.0,
+    labelled: Annotated[bool, typer.Option("--labelled/--unlabelled", help="Fill Churn.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Folder (default: the landing folder).")] = None,
+) -> None:
+    """Write a synthetic landing file ``customers_YYYY-MM-DD.csv`` with the Telco columns."""
+    from retention_pipelines.datagen import write_landing_csv  # noqa: PLC0415
+
+    day = _parse_date(snapshot_date)
+    folder = out or get_settings().resolved_landing_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / landing_file_name(day)
+    with _progress() as progress:
+        progress.add_task(f"generating {customers:,} customers for {day}", total=None)
+        write_landing_csv(path, customers, seed=seed, drift=drift, labelled=labelled)
+    console.print(f"wrote {customers:,} customers to {path}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A Telco-style CSV.")],
+    snapshot_date: DateOption = "",
+) -> None:
+    """Check a CSV and copy it into the landing folder as the snapshot of a date.
+
+    Materialize ``raw_customer_snapshot`` for that date (Dagster UI or ``make demo``) to load it.
+    """
+    day = _parse_date(snapshot_date)
+    settings = get_settings()
+    facts = check_landing_file(path, max_bytes=settings.max_file_bytes)
+    target = settings.resolved_landing_dir / landing_file_name(day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    console.print(f"landed {path} ({facts.size_bytes:,} bytes) as {target}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations not yet applied (safe to repeat)."""
+    settings = get_settings()
+    url = database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
+    applied = database.upgrade(url)
+    for migration in applied:
+        console.print(f"applied {migration.version:04d}_{migration.name}")
+    console.print(f"database at migration {database.current_version(url)}")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the warehouse URL (starting the embedded server if needed)."""
+    settings = get_settings()
+    print(database.resolve_database_url(settings.database_url, settings.embedded_pgdata))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server (its data stays under .retention/pgdata)."""
+    stopped = database.stop_embedded_server(get_settings().embedded_pgdata)
+    console.print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
+
+
+@app.command("dagster-home")
+def dagster_home() -> None:
+    """Write the local Dagster instance config (Postgres storage) and print DAGSTER_HOME."""
+    from retention_pipelines.instance import write_local_instance  # noqa: PLC0415
+    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
+
+    print(write_local_instance(get_settings(), prepared_database_url()))
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=1, help="Customers in the demo snapshot.")] = 5_000,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then run dagster dev.")] = True,
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+) -> None:
+    """Build today's partition of everything, print what was built, then serve the Dagster UI."""
+    from retention_pipelines.demo import run_demo  # noqa: PLC0415
+
+    report = run_demo(get_settings(), customers=customers, console=console)
+    _print_report(report)
+    if serve:
+        env = {**os.environ, "DAGSTER_HOME": str(report.dagster_home)}
+        console.print(f"\nDagster UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+        dagster = shutil.which("dagster") or "dagster"
+        os.execvpe(  # noqa: S606  # hand the terminal to dagster dev
+            dagster,
+            [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)],
+            env,
+        )
+
+
+def _print_report(report: DemoReport) -> None:
+    table = Table(title=f"Built partition {report.snapshot_date}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for label, value in report.lines():
+        table.add_row(label, value)
+    console.print(table)
+    console.print(
+        f"Warehouse: {report.database_url}\n"
+        "Look at: raw.customer_snapshots, raw.customer_rejects, features.customer_features"
+    )

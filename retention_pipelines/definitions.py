@@ -1,0 +1,18 @@
+"""The code location: one Definitions object assembling what the stage modules define."""
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from retention_pipelines.assets import features, ingestion
+from retention_pipelines.automation import daily_snapshot_job
+from retention_pipelines.resources import LandingResource, WarehouseResource
+
+defs = dg.Definitions(
+    assets=[*dg.load_assets_from_modules([ingestion, features])],
+    jobs=[daily_snapshot_job],
+    resources={
+        "warehouse": WarehouseResource(),
+        "landing": LandingResource(),
+        "dbt": DbtCliResource(project_dir=features.retention_dbt_project),
+    },
+)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real Postgres (the configured server or a throwaway embedded one) and a
+fresh database per test module, migrated like production."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TELCO_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "telco_customer_churn.csv"
+_TEST_HOME = Path(tempfile.mkdtemp(prefix="retention-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tests' embedded server and files out of the project's own ``.retention/``."""
+    os.environ.setdefault("RETENTION_HOME_DIR", str(_TEST_HOME))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from retention_pipelines.core.database import stop_embedded_server  # noqa: PLC0415
+
+    stop_embedded_server(_TEST_HOME / "pgdata")
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """The server the suite runs on: RETENTION_DATABASE_URL, or the embedded default."""
+    from retention_pipelines.core import database  # noqa: PLC0415
+    from retention_pipelines.settings import get_settings  # noqa: PLC0415
+
+    settings = get_settings()
+    return database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
+
+
+def _fresh_database(server_url: str) -> Iterator[str]:
+    from retention_pipelines.core import database  # noqa: PLC0415
+
+    name = f"retention_test_{uuid.uuid4().hex[:10]}"
+    database.ensure_database(server_url, name)
+    url = database.with_database(server_url, name)
+    database.upgrade(url)
+    try:
+        yield url
+    finally:
+        database.drop_database(server_url, name)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(server_url: str) -> Iterator[str]:
+    """A migrated database shared by the tests of one module."""
+    yield from _fresh_database(server_url)
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    yield from _fresh_database(server_url)
+
+
+@pytest.fixture(scope="session")
+def telco_csv() -> Path:
+    if not TELCO_CSV.exists():
+        pytest.fail(f"the Telco data is expected at {TELCO_CSV}")
+    return TELCO_CSV
