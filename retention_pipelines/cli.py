@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from retention_pipelines.demo import DemoReport
 
 app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
-db_app = typer.Typer(help="The platform's Postgres: embedded by default, or RETENTION_DATABASE_URL.")
+db_app = typer.Typer(
+    help="The platform's Postgres: embedded by default, or RETENTION_DATABASE_URL."
+)
 app.add_typer(db_app, name="db")
 console = Console()
 
@@ -32,7 +34,7 @@ DateOption = Annotated[
 
 def _parse_date(value: str | None) -> date:
     if not value:
-        return date.today()  # noqa: DTZ011  # the operator's calendar day
+        return date.today()  # the operator's calendar day
     try:
         return date.fromisoformat(value)
     except ValueError as error:
@@ -40,7 +42,9 @@ def _parse_date(value: str | None) -> date:
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    )
 
 
 @app.command()

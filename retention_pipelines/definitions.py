@@ -5,7 +5,7 @@ from dagster_dbt import DbtCliResource
 
 from retention_pipelines.assets import features, ingestion
 from retention_pipelines.automation import daily_snapshot_job
-from retention_pipelines.resources import LandingResource, WarehouseResource
+from retention_pipelines.resources import LandingResource, WarehouseResource, dbt_executable
 
 defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([ingestion, features])],
@@ -13,6 +13,8 @@ defs = dg.Definitions(
     resources={
         "warehouse": WarehouseResource(),
         "landing": LandingResource(),
-        "dbt": DbtCliResource(project_dir=features.retention_dbt_project),
+        "dbt": DbtCliResource(
+            project_dir=features.retention_dbt_project, dbt_executable=dbt_executable()
+        ),
     },
 )

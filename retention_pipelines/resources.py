@@ -8,6 +8,8 @@ Tests pass explicit values to point a run at a throwaway database and folder.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -28,7 +30,9 @@ _upgrade_lock = Lock()
 def prepared_database_url(database_url: str | None = None) -> str:
     """The warehouse URL, with the migrations applied once per process before first use."""
     settings = get_settings()
-    url = database.resolve_database_url(database_url or settings.database_url, settings.embedded_pgdata)
+    url = database.resolve_database_url(
+        database_url or settings.database_url, settings.embedded_pgdata
+    )
     with _upgrade_lock:
         if url not in _upgraded:
             database.upgrade(url)
@@ -91,3 +95,8 @@ class LandingResource(dg.ConfigurableResource):
         if self.max_reject_share is not None:
             return self.max_reject_share
         return get_settings().max_reject_share
+
+
+def dbt_executable() -> str:
+    """dbt from PATH, else the one installed beside this interpreter (a venv not activated)."""
+    return shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")

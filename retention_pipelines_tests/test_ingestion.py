@@ -22,7 +22,9 @@ from retention_pipelines_tests.landing_files import customer, write_rows
 DAY = date(2026, 1, 15)
 
 
-def ingest(url: str, path: Path, day: date = DAY, chunk_rows: int = 1_000, **kwargs) -> IngestionSummary:
+def ingest(
+    url: str, path: Path, day: date = DAY, chunk_rows: int = 1_000, **kwargs
+) -> IngestionSummary:
     facts = check_landing_file(path, max_bytes=10**9)
     return replace_snapshot_partition(
         url,
@@ -175,7 +177,9 @@ def test_a_failure_before_commit_leaves_the_previous_partition_intact(
     database_url: str, tmp_path: Path
 ) -> None:
     old = write_rows(tmp_path / "old.csv", [customer(n) for n in range(1, 4)])
-    new = write_rows(tmp_path / "new.csv", [customer(n) for n in range(20, 30)] + [customer(99, tenure="x")])
+    new = write_rows(
+        tmp_path / "new.csv", [customer(n) for n in range(20, 30)] + [customer(99, tenure="x")]
+    )
     ingest(database_url, old)
 
     def crash(conn: psycopg.Connection) -> None:

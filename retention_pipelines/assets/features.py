@@ -5,9 +5,8 @@ Each partition run builds its snapshot date only: the date goes to dbt as the va
 dbt tests appear as asset checks.
 """
 
-from __future__ import annotations
-
 import json
+import subprocess
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from retention_pipelines.assets.partitions import daily_partitions
-from retention_pipelines.resources import WarehouseResource
+from retention_pipelines.resources import WarehouseResource, dbt_executable
 from retention_pipelines.settings import get_settings
 
 retention_dbt_project = DbtProject(project_dir=get_settings().dbt_project_dir)
@@ -26,21 +25,37 @@ def ensure_manifest(project: DbtProject) -> None:
 
     Under ``dagster dev`` the manifest is rebuilt on every load to pick up model edits.
     """
-    if not project.manifest_path.exists():
-        project.preparer.prepare(project)
-    else:
+    if project.manifest_path.exists():
         project.prepare_if_dev()
+        return
+    subprocess.run(  # noqa: S603  # our own dbt, our own project
+        [
+            dbt_executable(),
+            "parse",
+            "--quiet",
+            "--project-dir",
+            str(project.project_dir),
+            "--profiles-dir",
+            str(project.profiles_dir),
+        ],
+        check=True,
+    )
 
 
 ensure_manifest(retention_dbt_project)
 
 
 class RetentionDbtTranslator(DagsterDbtTranslator):
-    """Groups dbt models by their folder: ``staging`` and ``features``."""
+    """Names dbt models as DESIGN.md does (``customer_features``), grouped by their folder."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return super().get_asset_key(dbt_resource_props)
+        return dg.AssetKey(dbt_resource_props["name"])
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         fqn = dbt_resource_props.get("fqn", [])
-        return fqn[1] if len(fqn) > 2 else "features"  # noqa: PLR2004
+        return fqn[1] if len(fqn) > 2 else "features"
 
 
 def dbt_build_args(partition_key: str) -> list[str]:
@@ -52,6 +67,7 @@ def dbt_build_args(partition_key: str) -> list[str]:
     manifest=retention_dbt_project.manifest_path,
     project=retention_dbt_project,
     partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     dagster_dbt_translator=RetentionDbtTranslator(),
 )
 def retention_dbt_models(

@@ -1,7 +1,5 @@
 """``raw_customer_snapshot``: a day's landing file, validated, into the raw tables."""
 
-from __future__ import annotations
-
 from datetime import date
 
 import dagster as dg
@@ -23,6 +21,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
 
 @dg.asset(
     partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     group_name="ingestion",
     kinds={"postgres", "pandas"},
     check_specs=[
@@ -30,7 +29,9 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
             RECONCILE_CHECK,
             asset="raw_customer_snapshot",
             blocking=True,
-            description="Rows read = valid + rejected + collapsed duplicates, read back from the tables.",
+            description=(
+                "Rows read = valid + rejected + collapsed duplicates, counted in the tables."
+            ),
         ),
         dg.AssetCheckSpec(
             REJECT_SHARE_CHECK,
@@ -75,7 +76,7 @@ def raw_customer_snapshot(
     )
 
 
-def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, dg.RawMetadataValue]:
+def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, object]:
     reasons = "\n".join(f"| {kind} | {count:,} |" for kind, count in summary.reject_reasons.items())
     return {
         "dagster/row_count": summary.rows_valid,
@@ -95,7 +96,9 @@ def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, d
 def _reconcile_result(counts: PartitionCounts | None) -> dg.AssetCheckResult:
     if counts is None:
         return dg.AssetCheckResult(
-            check_name=RECONCILE_CHECK, passed=False, metadata={"error": "no ingestion run recorded"}
+            check_name=RECONCILE_CHECK,
+            passed=False,
+            metadata={"error": "no ingestion run recorded"},
         )
     return dg.AssetCheckResult(
         check_name=RECONCILE_CHECK,

@@ -14,7 +14,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -134,12 +134,13 @@ def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connectio
 def ensure_database(url: str, database: str) -> None:
     """Create ``database`` on the server of ``url`` unless it exists."""
     with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "select 1 from pg_database where datname = %s", (database,)
+        ).fetchone()
         if exists is None:
-            try:
+            # Another process may create it between our check and our create.
+            with suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process created it between our check and our create
 
 
 def drop_database(url: str, database: str) -> None:

@@ -360,7 +360,8 @@ def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
                 record[0].strip() or None if record else None for record in chunk.ragged_records
             ],
             "record": [
-                json.dumps({"fields": record}, ensure_ascii=False) for record in chunk.ragged_records
+                json.dumps({"fields": record}, ensure_ascii=False)
+                for record in chunk.ragged_records
             ],
             "reasons": [
                 [f"fields: the row has {len(record)} fields; the header has {width}"]

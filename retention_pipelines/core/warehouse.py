@@ -94,7 +94,9 @@ def replace_snapshot_partition(
     return summary
 
 
-def _copy_frame(conn: psycopg.Connection, table: str, columns: list[str], frame: pd.DataFrame) -> None:
+def _copy_frame(
+    conn: psycopg.Connection, table: str, columns: list[str], frame: pd.DataFrame
+) -> None:
     if frame.empty:
         return
     buffer = io.StringIO()
@@ -221,7 +223,9 @@ def reject_reason_counts(conn: psycopg.Connection, snapshot_date: date) -> dict[
     return {str(kind): int(count) for kind, count in rows}
 
 
-def _record_run(conn: psycopg.Connection, summary: IngestionSummary, facts: LandingFileFacts) -> None:
+def _record_run(
+    conn: psycopg.Connection, summary: IngestionSummary, facts: LandingFileFacts
+) -> None:
     conn.execute(
         """
         insert into raw.ingestion_runs (snapshot_date, source, file_sha256, file_bytes, rows_read,
@@ -288,5 +292,8 @@ def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> str:
             (snapshot_date, limit),
         ).fetchall()
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join("" if value is None else str(value) for value in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join("" if value is None else str(value) for value in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)

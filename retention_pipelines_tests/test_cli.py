@@ -1,0 +1,48 @@
+"""The ``retention`` command as a person uses it."""
+
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from retention_pipelines.cli import app
+from retention_pipelines.core.schemas import TELCO_COLUMNS
+from retention_pipelines.settings import get_settings
+from retention_pipelines_tests.landing_files import customer, write_rows
+
+runner = CliRunner()
+
+
+def test_generate_writes_a_dated_landing_file_with_the_telco_header(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["generate", "--customers", "500", "--date", "2026-03-01", "--seed", "3",
+         "--unlabelled", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "customers_2026-03-01.csv", dtype=str, keep_default_na=False)
+    assert tuple(frame.columns) == TELCO_COLUMNS
+    assert len(frame) == 500
+    assert (frame["Churn"] == "").all()
+
+
+def test_ingest_copies_a_csv_into_landing_for_its_date(tmp_path: Path) -> None:
+    source = write_rows(tmp_path / "export.csv", [customer(1), customer(2)])
+    result = runner.invoke(app, ["ingest", str(source), "--date", "2026-03-02"])
+    assert result.exit_code == 0, result.output
+    landed = get_settings().resolved_landing_dir / "customers_2026-03-02.csv"
+    assert landed.read_bytes() == source.read_bytes()
+
+
+def test_ingest_refuses_a_broken_file_before_landing_it(tmp_path: Path) -> None:
+    source = write_rows(tmp_path / "broken.csv", [customer(1)], header=["customerID", "gender"])
+    result = runner.invoke(app, ["ingest", str(source), "--date", "2026-03-03"])
+    assert result.exit_code != 0
+    assert "missing columns" in str(result.exception)
+    assert not (get_settings().resolved_landing_dir / "customers_2026-03-03.csv").exists()
+
+
+def test_a_bad_date_is_a_clear_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--date", "26/11/2026", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not a date like" in result.output

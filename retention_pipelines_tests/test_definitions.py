@@ -1,0 +1,52 @@
+"""The code location loads, and its asset graph, checks and jobs are what we expect."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from retention_pipelines.definitions import defs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_asset_graph_runs_from_landing_file_to_feature_table() -> None:
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"raw_customer_snapshot", "stg_customers", "customer_features"}
+    assert graph.get(dg.AssetKey("stg_customers")).parent_keys == {
+        dg.AssetKey("raw_customer_snapshot")
+    }
+    assert graph.get(dg.AssetKey("customer_features")).parent_keys == {dg.AssetKey("stg_customers")}
+
+
+def test_ingestion_checks_block_and_dbt_tests_appear_as_checks() -> None:
+    checks = {key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {
+        "raw_customer_snapshot:rows_reconcile",
+        "raw_customer_snapshot:reject_share_below_threshold",
+        "customer_features:unique_combination_of_columns_customer_features_snapshot_date__customer_id",
+    } <= checks
+    assert sum(key.startswith("customer_features:") for key in checks) > 20
+
+
+def test_every_snapshot_asset_shares_the_daily_partitions() -> None:
+    job = defs.resolve_job_def("daily_snapshot_job")
+    assert isinstance(job.partitions_def, dg.DailyPartitionsDefinition)
+    assert job.partitions_def.end_offset == 1
+
+
+def test_dagster_validates_the_workspace_from_the_command_line(tmp_path: Path) -> None:
+    dagster = Path(sys.executable).parent / "dagster"
+    completed = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        cwd=tmp_path,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
