@@ -24,14 +24,7 @@ from retention_pipelines.datagen import (
 )
 
 SAMPLE_SIZE = 60_000
-ADD_ONS = (
-    "OnlineSecurity",
-    "OnlineBackup",
-    "DeviceProtection",
-    "TechSupport",
-    "StreamingTV",
-    "StreamingMovies",
-)
+ADD_ONS = datagen.ADD_ON_COLUMNS
 AMOUNT = re.compile(r"^\d+(\.\d{1,2})?$")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -39,8 +40,30 @@ def embedded_database_url(pgdata: Path, database: str = "postgres") -> str:
     """
     pgserver = _import_pgserver()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _wait_while_stopping(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     return server.get_uri(database)
+
+
+def _wait_while_stopping(pgdata: Path, timeout_s: float = 30.0) -> None:
+    """A server that is shutting down cannot be reused: wait for it to finish, or say why.
+
+    A smart shutdown waits for every client to disconnect, so a forgotten webserver or
+    daemon can hold it in this state indefinitely.
+    """
+    from pgserver.utils import PostmasterInfo  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+        if info is None or not info.is_running() or info.status != "stopping":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the embedded Postgres in {pgdata} is shutting down and waits for its clients "
+                "to disconnect: stop the Dagster webserver, daemon or runs still using it"
+            )
+        time.sleep(0.5)
 
 
 def _import_pgserver() -> ModuleType:
