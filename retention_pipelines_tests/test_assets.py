@@ -66,10 +66,16 @@ def test_the_telco_snapshot_flows_from_landing_file_to_feature_table(
     assert new_customers == 11
 
 
-def test_a_second_day_leaves_the_first_days_features_untouched(
+def test_a_second_day_leaves_the_first_day_alone_and_tests_only_its_own_rows(
     module_database_url: str, tmp_path: Path
 ) -> None:
     day = "2026-01-16"
+    with psycopg.connect(module_database_url) as conn:  # a bad value on the first day only
+        conn.execute(
+            "update raw.customer_snapshots set gender = 'Unknown'"
+            " where snapshot_date = %s and source_row_number = 1",
+            (DAY,),
+        )
     _land(write_rows(tmp_path / "small.csv", [customer(n) for n in range(1, 21)]), tmp_path, day)
     result = dg.materialize(
         [raw_customer_snapshot, retention_dbt_models],
@@ -78,6 +84,7 @@ def test_a_second_day_leaves_the_first_days_features_untouched(
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
     assert _count(module_database_url, "features.customer_features", day) == 20
     assert _count(module_database_url, "features.customer_features") == 5_634
 
