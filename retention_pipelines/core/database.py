@@ -39,7 +39,8 @@ def embedded_database_url(pgdata: Path, database: str = "postgres") -> str:
     Imported lazily: a production deployment with a server URL never touches pgserver.
     """
     pgserver = _import_pgserver()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # Created here, race-free: pgserver's own mkdir fails when two processes start together.
+    pgdata.mkdir(parents=True, exist_ok=True)
     _wait_while_stopping(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     return server.get_uri(database)
@@ -55,7 +56,12 @@ def _wait_while_stopping(pgdata: Path, timeout_s: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     while True:
-        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+        try:
+            info = PostmasterInfo.read_from_pgdata(pgdata)
+        except (AssertionError, ValueError, OSError):
+            # Read outside pgserver's lock: initdb or a starting server may be writing the
+            # file. That is no shutdown; get_server settles it under the lock.
+            return
         if info is None or not info.is_running() or info.status != "stopping":
             return
         if time.monotonic() > deadline:
