@@ -38,7 +38,7 @@ class RetentionSettings(BaseSettings):
         default=2 * 1024**3, description="Landing files larger than this are refused."
     )
     ingest_chunk_rows: int = Field(
-        default=100_000, description="Rows validated and copied per chunk during ingestion."
+        default=25_000, description="Rows validated and copied per chunk during ingestion."
     )
     max_reject_share: float = Field(
         default=0.05, description="Blocking check: share of rejected rows allowed in a partition."

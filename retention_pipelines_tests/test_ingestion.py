@@ -147,6 +147,9 @@ def test_exact_duplicates_collapse_and_conflicting_duplicates_are_all_rejected(
     conflict = "appears in more than one row with different values"
     assert all(any(conflict in reason for reason in reasons[row]) for row in (4, 5, 6, 7))
     assert "tenure: -1 is outside the allowed range 0..120" in reasons[7]
+    with psycopg.connect(database_url) as conn:
+        record = conn.execute("select record from raw.customer_rejects where row_number = 5")
+        assert record.fetchone()[0] == customer(2, tenure="11")
     assert (summary.rows_valid, summary.rows_rejected, summary.duplicates_collapsed) == (1, 4, 2)
     assert summary.rows_read == 7 and summary.reconciles
 

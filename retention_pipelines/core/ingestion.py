@@ -10,8 +10,9 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -27,6 +28,7 @@ from retention_pipelines.core.schemas import (
     RAW_COLUMN_NAMES,
     TELCO_COLUMNS,
     TELCO_NAME_OF,
+    YES_NO,
     CustomerSnapshotSchema,
 )
 
@@ -139,7 +141,6 @@ class ValidatedChunk:
     """One chunk of rows after validation: valid rows typed, rejects with their reasons."""
 
     valid: pd.DataFrame
-    valid_records: list[str]  # each valid row exactly as read, as JSON, for the quarantine
     rejects: pd.DataFrame  # row_number, customer_id, record (json text), reasons (list[str])
     rows_read: int
 
@@ -166,27 +167,60 @@ def read_validated_chunks(path: Path, *, chunk_rows: int) -> Iterator[ValidatedC
         yield validate_text_rows(chunk)
 
 
+def _numbered_records(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header, and each data record with its row number (blank lines are skipped)."""
+    handle = path.open(encoding="utf-8-sig", newline="")
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader)]
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        with handle:
+            row_number = 0
+            for record in reader:
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue
+                row_number += 1
+                yield row_number, record
+
+    return header, records()
+
+
 def _read_text_chunks(path: Path, chunk_rows: int) -> Iterator[_ChunkText]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader)]
-        chunk = _ChunkText(header)
-        row_number = 0
-        for record in reader:
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue
-            row_number += 1
-            if len(record) == len(header):
-                chunk.row_numbers.append(row_number)
-                chunk.records.append(record)
-            else:
-                chunk.ragged_row_numbers.append(row_number)
-                chunk.ragged_records.append(record)
-            if chunk.rows_read >= chunk_rows:
-                yield chunk
-                chunk = _ChunkText(header)
-        if chunk.rows_read:
+    header, records = _numbered_records(path)
+    width = len(header)
+    chunk = _ChunkText(header)
+    in_chunk = 0
+    for row_number, record in records:
+        if len(record) == width:
+            chunk.row_numbers.append(row_number)
+            chunk.records.append(record)
+        else:
+            chunk.ragged_row_numbers.append(row_number)
+            chunk.ragged_records.append(record)
+        in_chunk += 1
+        if in_chunk >= chunk_rows:
             yield chunk
+            chunk, in_chunk = _ChunkText(header), 0
+    if in_chunk:
+        yield chunk
+
+
+def read_raw_records(path: Path, row_numbers: set[int]) -> dict[int, str]:
+    """The given rows exactly as read, as JSON objects keyed by the header.
+
+    A second pass over the file, made only when rows must be quarantined after validation
+    (conflicting duplicates); it keeps the valid path free of per-row JSON.
+    """
+    header, records = _numbered_records(path)
+    found: dict[int, str] = {}
+    for row_number, record in records:
+        if row_number in row_numbers:
+            found[row_number] = json.dumps(
+                dict(zip(header, record, strict=False)), ensure_ascii=False
+            )
+            if len(found) == len(row_numbers):
+                break
+    return found
 
 
 def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
@@ -201,12 +235,7 @@ def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
     rejects = _reject_frame(text, reasons, rejected_rows)
     if chunk.ragged_row_numbers:
         rejects = pd.concat([rejects, _ragged_rejects(chunk)], ignore_index=True)
-    return ValidatedChunk(
-        valid=valid,
-        valid_records=_as_json_lines(text.loc[valid.index]),
-        rejects=rejects,
-        rows_read=chunk.rows_read,
-    )
+    return ValidatedChunk(valid=valid, rejects=rejects, rows_read=chunk.rows_read)
 
 
 def _as_json_lines(records: pd.DataFrame) -> list[str]:
@@ -215,21 +244,45 @@ def _as_json_lines(records: pd.DataFrame) -> list[str]:
     return records.to_json(orient="records", lines=True, force_ascii=False).splitlines()
 
 
-def normalize_text(values: pd.Series) -> pd.Series:
-    """Trim, collapse inner whitespace runs, and turn null tokens into missing values."""
-    cleaned = values.astype("string").str.strip().str.replace(_WHITESPACE_RUN, " ", regex=True)
-    is_null = cleaned.str.lower().isin(NULL_TOKENS) | cleaned.isna()
-    return cleaned.mask(is_null, pd.NA)
+def normalize_value(value: str | None) -> str | None:
+    """Trim, collapse inner whitespace runs, and turn a null token into None."""
+    if value is None:
+        return None
+    cleaned = value.strip()
+    if "  " in cleaned or "\t" in cleaned or "\n" in cleaned or "\r" in cleaned:
+        cleaned = _WHITESPACE_RUN.sub(" ", cleaned)
+    return None if cleaned.lower() in NULL_TOKENS else cleaned
 
 
-def canonical_category(values: pd.Series, allowed: tuple[str, ...]) -> pd.Series:
-    """Map case variants and Yes/No spellings to the canonical value; leave others as read."""
-    lowered = values.str.lower()
+def category_spellings(allowed: tuple[str, ...]) -> dict[str, str]:
+    """Lower-cased spellings accepted for each canonical value (Yes/No have synonyms)."""
     mapping = {value.lower(): value for value in allowed}
     if "Yes" in allowed:
         mapping |= dict.fromkeys(YES_SPELLINGS, "Yes") | dict.fromkeys(NO_SPELLINGS, "No")
-    mapped = lowered.map(mapping)
-    return mapped.where(mapped.notna(), values)
+    return mapping
+
+
+def _map_distinct(values: pd.Series, function: Callable[[str | None], str | None]) -> pd.Series:
+    """Apply ``function`` once per distinct value: a column holds few distinct spellings."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.array([function(value) for value in uniques] + [None], dtype=object)
+    return pd.Series(mapped[codes], index=values.index, dtype=object)
+
+
+def normalize_column(values: pd.Series, allowed: tuple[str, ...] | None = None) -> pd.Series:
+    """Normalize a column of text; with ``allowed``, map case variants to the canonical value.
+
+    A value that matches no allowed spelling is kept as read, for validation to report.
+    """
+    if allowed is None:
+        return _map_distinct(values, normalize_value)
+    spellings = category_spellings(allowed)
+
+    def canonical(value: str | None) -> str | None:
+        cleaned = normalize_value(value)
+        return None if cleaned is None else spellings.get(cleaned.lower(), cleaned)
+
+    return _map_distinct(values, canonical)
 
 
 def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
@@ -241,13 +294,18 @@ def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[
     reasons: dict[int, list[str]] = {}
     typed = pd.DataFrame(index=text.index)
     for telco_name, raw_name in RAW_COLUMN_NAMES.items():
-        values = normalize_text(text[telco_name])
-        if raw_name in CATEGORIES:
-            typed[raw_name] = canonical_category(values, CATEGORIES[raw_name]).astype(object)
-        else:
-            typed[raw_name] = values.astype(object)
-    senior = canonical_category(typed["senior_citizen"].astype("string"), ("Yes", "No"))
-    typed["senior_citizen"] = senior.map({"Yes": "1", "No": "0"}).fillna(senior)
+        typed[raw_name] = normalize_column(text[telco_name], CATEGORIES.get(raw_name))
+    # SeniorCitizen is 0/1 in the Telco data; Yes/No spellings mean the same.
+    senior_spellings = {"Yes": "1", "No": "0"}
+    senior_words = category_spellings(YES_NO)
+    typed["senior_citizen"] = _map_distinct(
+        typed["senior_citizen"],
+        lambda value: (
+            None
+            if value is None
+            else senior_spellings.get(senior_words.get(value.lower(), ""), value)
+        ),
+    )
     blank_total = typed["total_charges"].isna()
     for column, kind in (
         ("senior_citizen", "integer"),
@@ -258,6 +316,8 @@ def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[
         typed[column] = _to_number(typed[column], column, kind, reasons)
     _apply_total_charges_rule(typed, blank_total, reasons)
     typed["customer_id"] = typed["customer_id"].fillna("")
+    text_columns = [column for column in typed.columns if typed[column].dtype == object]
+    typed[text_columns] = typed[text_columns].astype("string")
     return typed, reasons
 
 
@@ -342,7 +402,7 @@ def _reject_frame(
     return pd.DataFrame(
         {
             "row_number": rejected_rows,
-            "customer_id": normalize_text(records["customerID"]).astype(object).tolist(),
+            "customer_id": normalize_column(records["customerID"]).tolist(),
             "record": _as_json_lines(records),
             "reasons": [reasons[row] for row in rejected_rows],
         }
@@ -350,8 +410,6 @@ def _reject_frame(
 
 
 def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
-    import json  # noqa: PLC0415
-
     width = len(chunk.header)
     return pd.DataFrame(
         {
@@ -371,17 +429,10 @@ def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
     )
 
 
-def row_fingerprints(valid: pd.DataFrame) -> np.ndarray:
-    """A 64-bit fingerprint of each valid row's values, to tell exact duplicates from conflicts."""
-    hashes = pd.util.hash_pandas_object(valid.astype("string"), index=False)
-    return hashes.to_numpy().view(np.int64)
-
-
 __all__ = [
     "LandingFileError",
     "LandingFileFacts",
     "ValidatedChunk",
     "check_landing_file",
     "read_validated_chunks",
-    "row_fingerprints",
 ]

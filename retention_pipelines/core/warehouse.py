@@ -8,28 +8,31 @@ partition exactly as it was.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
-from retention_pipelines.core.ingestion import LandingFileFacts, ValidatedChunk, row_fingerprints
+from retention_pipelines.core.ingestion import (
+    LandingFileFacts,
+    ValidatedChunk,
+    read_raw_records,
+)
 from retention_pipelines.core.schemas import RAW_COLUMN_NAMES
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_COLUMNS = list(RAW_COLUMN_NAMES.values())
+# Temporary tables live in session memory up to temp_buffers; a day's rows should not spill.
 _STAGE_DDL = """
-create temp table stage_snapshots (
-    like raw.customer_snapshots including defaults,
-    row_hash bigint not null,
-    record jsonb not null
-) on commit drop;
+set local temp_buffers = '512MB';
+create temp table stage_snapshots (like raw.customer_snapshots including defaults) on commit drop;
 create temp table stage_rejects (like raw.customer_rejects including defaults) on commit drop;
 """
 
@@ -83,7 +86,8 @@ def replace_snapshot_partition(
             _copy_rejects(conn, chunk.rejects, snapshot_date, source)
             if on_chunk is not None:
                 on_chunk(summary.rows_read)
-        summary.conflicting_duplicate_rows = _settle_duplicates(conn, summary)
+        conn.execute("analyze stage_snapshots; analyze stage_rejects")
+        summary.conflicting_duplicate_rows = _settle_duplicates(conn, summary, facts.path)
         _replace_partition(conn, snapshot_date)
         summary.rows_valid = _count(conn, "raw.customer_snapshots", snapshot_date)
         summary.rows_rejected = _count(conn, "raw.customer_rejects", snapshot_date)
@@ -97,15 +101,19 @@ def replace_snapshot_partition(
 def _copy_frame(
     conn: psycopg.Connection, table: str, columns: list[str], frame: pd.DataFrame
 ) -> None:
+    """COPY a frame in CSV form. Arrow's writer quotes every string, so an empty string stays
+    an empty string and only a missing value (written unquoted, empty) becomes NULL."""
     if frame.empty:
         return
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="", quoting=csv.QUOTE_MINIMAL)
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(
+        pa.Table.from_pandas(frame, preserve_index=False),
+        buffer,
+        pa_csv.WriteOptions(include_header=False),
+    )
     column_list = ", ".join(columns)
-    with conn.cursor().copy(
-        f"copy {table} ({column_list}) from stdin with (format csv, null '')"
-    ) as copy:
-        copy.write(buffer.getvalue())
+    with conn.cursor().copy(f"copy {table} ({column_list}) from stdin with (format csv)") as copy:
+        copy.write(buffer.getvalue().to_pybytes())
 
 
 def _copy_valid(
@@ -118,8 +126,6 @@ def _copy_valid(
     frame["snapshot_date"] = snapshot_date.isoformat()
     frame["source"] = source
     frame["source_row_number"] = valid.index.to_numpy()
-    frame["row_hash"] = row_fingerprints(valid[SNAPSHOT_COLUMNS])
-    frame["record"] = chunk.valid_records
     _copy_frame(conn, "stage_snapshots", list(frame.columns), frame)
 
 
@@ -146,7 +152,7 @@ def _pg_text_array(values: list[str]) -> str:
     return "{" + ",".join(f'"{value}"' for value in escaped) + "}"
 
 
-def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary) -> int:
+def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary, path: Path) -> int:
     """Collapse exact duplicates to their first row; reject every row of a conflicting id.
 
     An id is conflicting when it appears with different values, including when one of its
@@ -154,38 +160,35 @@ def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary) -> i
     """
     conn.execute(
         """
-        create temp table conflicting_ids on commit drop as
-        select customer_id from stage_snapshots
-        group by customer_id having count(distinct row_hash) > 1
-        union
-        select distinct s.customer_id from stage_snapshots s
-        join stage_rejects r on r.customer_id = s.customer_id
+        create temp table duplicate_ids on commit drop as
+        select customer_id from stage_snapshots group by customer_id having count(*) > 1;
+        analyze duplicate_ids;
         """
     )
     conn.execute(
+        f"""
+        create temp table conflicting_ids on commit drop as
+        select customer_id from stage_snapshots
+        where customer_id in (select customer_id from duplicate_ids)
+        group by customer_id having count(distinct ({", ".join(SNAPSHOT_COLUMNS)})) > 1
+        union
+        select distinct s.customer_id from stage_snapshots s
+        join stage_rejects r on r.customer_id = s.customer_id;
+        analyze conflicting_ids;
         """
-        update stage_rejects r
-        set reasons = r.reasons || format(
-            'customerID: %s appears in more than one row with different values', r.customer_id)
+    )
+    conn.execute(
+        f"""
+        update stage_rejects r set reasons = r.reasons || format({_CONFLICT_REASON}, r.customer_id)
         where r.customer_id in (select customer_id from conflicting_ids)
         """
     )
-    moved = conn.execute(
-        """
-        insert into stage_rejects (snapshot_date, source, row_number, customer_id, record, reasons)
-        select snapshot_date, source, source_row_number, customer_id, record,
-               array[format('customerID: %s appears in more than one row with different values',
-                            customer_id)]
-        from stage_snapshots where customer_id in (select customer_id from conflicting_ids)
-        """
-    ).rowcount
-    conn.execute(
-        "delete from stage_snapshots where customer_id in (select customer_id from conflicting_ids)"
-    )
+    moved = _quarantine_conflicting_valid_rows(conn, path)
     collapsed = conn.execute(
         """
         delete from stage_snapshots later using stage_snapshots first
-        where later.customer_id = first.customer_id
+        where later.customer_id in (select customer_id from duplicate_ids)
+          and later.customer_id = first.customer_id
           and later.source_row_number > first.source_row_number
         """
     ).rowcount
@@ -193,11 +196,45 @@ def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary) -> i
     return moved
 
 
+_CONFLICT_REASON = "'customerID: %s appears in more than one row with different values'"
+
+
+def _quarantine_conflicting_valid_rows(conn: psycopg.Connection, path: Path) -> int:
+    """Move valid rows of conflicting ids to the rejects, with their records as read."""
+    rows = conn.execute(
+        "select source_row_number from stage_snapshots"
+        " where customer_id in (select customer_id from conflicting_ids)"
+    ).fetchall()
+    if not rows:
+        return 0
+    records = read_raw_records(path, {int(row[0]) for row in rows})
+    conn.execute(
+        "create temp table conflict_records (row_number integer, record jsonb) on commit drop"
+    )
+    with conn.cursor().copy("copy conflict_records (row_number, record) from stdin") as copy:
+        for row_number, record in records.items():
+            copy.write_row((row_number, record))
+    conn.execute(
+        f"""
+        insert into stage_rejects (snapshot_date, source, row_number, customer_id, record, reasons)
+        select s.snapshot_date, s.source, s.source_row_number, s.customer_id, c.record,
+               array[format({_CONFLICT_REASON}, s.customer_id)]
+        from stage_snapshots s join conflict_records c on c.row_number = s.source_row_number
+        where s.customer_id in (select customer_id from conflicting_ids)
+        """
+    )
+    conn.execute(
+        "delete from stage_snapshots where customer_id in (select customer_id from conflicting_ids)"
+    )
+    return len(rows)
+
+
 def _replace_partition(conn: psycopg.Connection, snapshot_date: date) -> None:
     columns = ", ".join(["snapshot_date", *SNAPSHOT_COLUMNS, "source", "source_row_number"])
     conn.execute("delete from raw.customer_snapshots where snapshot_date = %s", (snapshot_date,))
     conn.execute(
         f"insert into raw.customer_snapshots ({columns}) select {columns} from stage_snapshots"
+        " order by customer_id"  # key order: the primary-key index is built sequentially
     )
     conn.execute("delete from raw.customer_rejects where snapshot_date = %s", (snapshot_date,))
     conn.execute("insert into raw.customer_rejects select * from stage_rejects")
