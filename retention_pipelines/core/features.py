@@ -1,0 +1,127 @@
+"""The feature contract the model reads, and the encoding that turns it into model input.
+
+The columns are those of ``features.customer_features`` (its dbt contract). The encoding is
+fitted on training data and travels inside the model artefact, so batch scoring and the API
+cannot disagree: a category never seen in training, or a missing value, maps to an explicit
+``__unknown__`` level instead of failing at predict time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMNS: Final[tuple[str, ...]] = ("snapshot_date", "customer_id")
+LABEL_COLUMN: Final = "churned"
+CATEGORICAL_FEATURES: Final[tuple[str, ...]] = (
+    "gender",
+    "multiple_lines",
+    "internet_service",
+    "online_security",
+    "online_backup",
+    "device_protection",
+    "tech_support",
+    "streaming_tv",
+    "streaming_movies",
+    "contract",
+    "payment_method",
+    "tenure_band",
+)
+BOOLEAN_FEATURES: Final[tuple[str, ...]] = (
+    "is_senior_citizen",
+    "has_partner",
+    "has_dependents",
+    "has_phone_service",
+    "is_paperless_billing",
+    "has_internet",
+    "has_fiber_optic",
+    "has_dsl",
+    "is_automatic_payment",
+    "streaming_bundle",
+    "protection_bundle",
+)
+NUMERIC_FEATURES: Final[tuple[str, ...]] = (
+    "tenure_months",
+    "monthly_charges",
+    "total_charges",
+    "avg_monthly_spend",
+    "charge_increase",
+    "add_on_service_count",
+    "contract_length_months",
+)
+FEATURE_COLUMNS: Final[tuple[str, ...]] = (
+    *CATEGORICAL_FEATURES,
+    *BOOLEAN_FEATURES,
+    *NUMERIC_FEATURES,
+)
+UNKNOWN: Final = "__unknown__"
+
+
+@dataclass
+class FeatureEncoder:
+    """Category levels learned from training data, plus what the linear baseline needs."""
+
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    numeric_medians: dict[str, float] = field(default_factory=dict)
+    numeric_scales: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame) -> FeatureEncoder:
+        categories = {
+            column: sorted(str(value) for value in frame[column].dropna().unique())
+            for column in CATEGORICAL_FEATURES
+        }
+        numeric = frame[list(NUMERIC_FEATURES)].astype(float)
+        medians = {column: float(numeric[column].median()) for column in NUMERIC_FEATURES}
+        scales = {
+            column: (float(numeric[column].mean()), float(numeric[column].std(ddof=0) or 1.0))
+            for column in NUMERIC_FEATURES
+        }
+        return cls(categories=categories, numeric_medians=medians, numeric_scales=scales)
+
+    def tree_input(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Categoricals with fixed levels (unknown and missing → ``__unknown__``), flags and
+        numbers as floats (missing stays NaN: both boosters handle it)."""
+        encoded = pd.DataFrame(index=frame.index)
+        for column in CATEGORICAL_FEATURES:
+            levels = [*self.categories[column], UNKNOWN]
+            values = frame[column].astype("object").where(frame[column].notna(), UNKNOWN)
+            values = values.map(
+                lambda value, known=set(levels): value if value in known else UNKNOWN
+            )
+            encoded[column] = pd.Categorical(values, categories=levels)
+        for column in BOOLEAN_FEATURES:
+            encoded[column] = _as_float(frame[column])
+        for column in NUMERIC_FEATURES:
+            encoded[column] = _as_float(frame[column])
+        return encoded
+
+    def catboost_input(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """CatBoost takes categorical columns as strings."""
+        encoded = self.tree_input(frame)
+        for column in CATEGORICAL_FEATURES:
+            encoded[column] = encoded[column].astype(str)
+        return encoded
+
+    def linear_input(self, frame: pd.DataFrame) -> np.ndarray:
+        """One-hot categoricals, flags, standardized numbers with missing values at the
+        training median: the logistic baseline's design matrix."""
+        tree = self.tree_input(frame)
+        parts = [pd.get_dummies(tree[list(CATEGORICAL_FEATURES)], dtype=float)]
+        parts.append(tree[list(BOOLEAN_FEATURES)].fillna(0.0))
+        numeric = pd.DataFrame(index=tree.index)
+        for column in NUMERIC_FEATURES:
+            mean, scale = self.numeric_scales[column]
+            filled = tree[column].fillna(self.numeric_medians[column])
+            numeric[column] = (filled - mean) / scale
+        parts.append(numeric)
+        return pd.concat(parts, axis=1).to_numpy(dtype=float)
+
+
+def _as_float(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(
+        values.astype("object").where(values.notna(), np.nan), errors="coerce"
+    ).astype(float)

@@ -1,0 +1,390 @@
+"""Model search: a logistic baseline, Optuna-tuned XGBoost and CatBoost, calibration.
+
+The winner is chosen on validation data and calibrated there; the test split is only read to
+report metrics and to check the winner against the baseline, so the figures are honest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import catboost
+import numpy as np
+import optuna
+import pandas as pd
+import xgboost as xgb
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    roc_auc_score,
+)
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from retention_pipelines.core.features import (
+    CATEGORICAL_FEATURES,
+    FEATURE_COLUMNS,
+    LABEL_COLUMN,
+    FeatureEncoder,
+)
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["xgboost", "catboost"]
+MIN_LABELLED_ROWS = 200
+THREADS = 2  # this platform's machines have two cores; both boosters use both
+
+
+class TrainingDataError(ValueError):
+    """The labelled data cannot support a training run."""
+
+
+class TrainingQualityError(RuntimeError):
+    """The tuned model does not beat the linear baseline: a bug, not a result."""
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"rows": len(part), "churn_rate": float(part[LABEL_COLUMN].mean())}
+            for name, part in (
+                ("train", self.train),
+                ("validation", self.validation),
+                ("test", self.test),
+            )
+        }
+
+
+def split_training_set(
+    frame: pd.DataFrame, *, seed: int, validation_share: float = 0.2, test_share: float = 0.2
+) -> TrainingSplit:
+    """Stratified train / validation / test split with a fixed seed."""
+    labelled = frame[frame[LABEL_COLUMN].notna()].copy()
+    if len(labelled) < MIN_LABELLED_ROWS:
+        raise TrainingDataError(
+            f"{len(labelled)} labelled rows; at least {MIN_LABELLED_ROWS} are needed to train"
+        )
+    labelled[LABEL_COLUMN] = labelled[LABEL_COLUMN].astype(bool).astype(int)
+    classes = labelled[LABEL_COLUMN].nunique()
+    if classes < 2:
+        raise TrainingDataError("the labelled rows hold one class only: nothing to learn")
+    rest, test = train_test_split(
+        labelled, test_size=test_share, stratify=labelled[LABEL_COLUMN], random_state=seed
+    )
+    train, validation = train_test_split(
+        rest,
+        test_size=validation_share / (1 - test_share),
+        stratify=rest[LABEL_COLUMN],
+        random_state=seed,
+    )
+    return TrainingSplit(train=train, validation=validation, test=test)
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """The metrics logged for every model: ranking, calibration and targeting quality."""
+    labels = np.asarray(labels, dtype=int)
+    probabilities = np.clip(np.asarray(probabilities, dtype=float), 1e-7, 1 - 1e-7)
+    order = np.argsort(-probabilities, kind="stable")
+    top = order[: max(1, len(order) // 10)]
+    base_rate = labels.mean()
+    return {
+        "roc_auc": float(roc_auc_score(labels, probabilities)),
+        "pr_auc": float(average_precision_score(labels, probabilities)),
+        "brier": float(brier_score_loss(labels, probabilities)),
+        "log_loss": float(log_loss(labels, probabilities)),
+        "top_decile_lift": float(labels[top].mean() / base_rate) if base_rate else 0.0,
+        "recall_top_10pct": float(labels[top].sum() / max(1, labels.sum())),
+    }
+
+
+def labels_of(frame: pd.DataFrame) -> np.ndarray:
+    return frame[LABEL_COLUMN].astype(int).to_numpy()
+
+
+@dataclass
+class Baseline:
+    encoder: FeatureEncoder
+    model: LogisticRegression
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(self.encoder.linear_input(frame))[:, 1]
+
+
+def fit_baseline(encoder: FeatureEncoder, split: TrainingSplit, *, seed: int) -> Baseline:
+    model = LogisticRegression(max_iter=2_000, C=1.0, random_state=seed)
+    model.fit(encoder.linear_input(split.train), labels_of(split.train))
+    return Baseline(encoder=encoder, model=model)
+
+
+@dataclass(frozen=True)
+class TuningBudget:
+    trials: int = 25
+    timeout_s: float = 90.0
+
+
+@dataclass
+class TunedCandidate:
+    kind: ModelKind
+    params: dict[str, Any]
+    best_value: float
+    trials: int
+    pruned: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _XGBoostPruning(xgb.callback.TrainingCallback):
+    """Reports validation AUC to Optuna every few rounds and stops a hopeless trial."""
+
+    def __init__(self, trial: optuna.Trial, every: int = 10) -> None:
+        self.trial = trial
+        self.every = every
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+        if epoch % self.every:
+            return False
+        score = evals_log["validation"]["auc"][-1]
+        self.trial.report(float(score), step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at round {epoch} with validation AUC {score:.4f}")
+        return False
+
+
+def _xgb_params(trial: optuna.Trial, seed: int) -> dict[str, Any]:
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": "auc",
+        "tree_method": "hist",
+        "nthread": THREADS,
+        "seed": seed,
+        "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
+        "max_depth": trial.suggest_int("max_depth", 2, 6),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 20.0, log=True),
+        "subsample": trial.suggest_float("subsample", 0.6, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
+        "max_cat_to_onehot": 8,
+    }
+
+
+def fit_xgboost(
+    params: dict[str, Any],
+    encoder: FeatureEncoder,
+    split: TrainingSplit,
+    *,
+    callbacks: list[xgb.callback.TrainingCallback] | None = None,
+    rounds: int = 1_000,
+) -> xgb.Booster:
+    """Boost on train with early stopping on validation (the round count is tuned too)."""
+    train = xgb.DMatrix(
+        encoder.tree_input(split.train), labels_of(split.train), enable_categorical=True
+    )
+    validation = xgb.DMatrix(
+        encoder.tree_input(split.validation), labels_of(split.validation), enable_categorical=True
+    )
+    return xgb.train(
+        {**params, "objective": "binary:logistic", "eval_metric": "auc", "nthread": THREADS},
+        train,
+        num_boost_round=rounds,
+        evals=[(validation, "validation")],
+        early_stopping_rounds=50,
+        callbacks=callbacks or [],
+        verbose_eval=False,
+    )
+
+
+def predict_xgboost(
+    booster: xgb.Booster, encoder: FeatureEncoder, frame: pd.DataFrame
+) -> np.ndarray:
+    matrix = xgb.DMatrix(encoder.tree_input(frame), enable_categorical=True)
+    return booster.predict(matrix, iteration_range=(0, booster.best_iteration + 1))
+
+
+def _catboost_params(trial: optuna.Trial, seed: int) -> dict[str, Any]:
+    return {
+        "iterations": trial.suggest_int("iterations", 200, 800, step=100),
+        "depth": trial.suggest_int("depth", 3, 7),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 20.0, log=True),
+        "random_seed": seed,
+    }
+
+
+def fit_catboost(
+    params: dict[str, Any], encoder: FeatureEncoder, train: pd.DataFrame
+) -> catboost.CatBoostClassifier:
+    model = catboost.CatBoostClassifier(
+        **params,
+        loss_function="Logloss",
+        thread_count=THREADS,
+        verbose=False,
+        allow_writing_files=False,
+    )
+    model.fit(
+        encoder.catboost_input(train), labels_of(train), cat_features=list(CATEGORICAL_FEATURES)
+    )
+    return model
+
+
+def predict_catboost(
+    model: catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
+) -> np.ndarray:
+    return model.predict_proba(encoder.catboost_input(frame))[:, 1]
+
+
+def tune(
+    kind: ModelKind,
+    *,
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    encoder: FeatureEncoder,
+    split: TrainingSplit,
+    budget: TuningBudget,
+    seed: int,
+) -> TunedCandidate:
+    """Run (or resume) an Optuna study for one model family, pruning hopeless trials.
+
+    XGBoost reports validation AUC every ten boosting rounds; CatBoost reports the running
+    mean AUC after each of three cross-validation folds on the training data. The study is
+    stored (Postgres in the platform), so a second call with the same name continues it and
+    several workers can share it.
+    """
+    objective = (
+        _xgboost_objective(encoder, split, seed)
+        if kind == "xgboost"
+        else (_catboost_objective(encoder, split, seed))
+    )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        load_if_exists=True,
+    )
+    started = time.perf_counter()
+    finished = _count(study, optuna.trial.TrialState.COMPLETE)
+    remaining = max(0, budget.trials - finished - _count(study, optuna.trial.TrialState.PRUNED))
+    study.optimize(objective, n_trials=remaining, timeout=budget.timeout_s, n_jobs=1)
+    if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
+        raise TrainingDataError(f"no {kind} trial completed within the budget {budget}")
+    return TunedCandidate(
+        kind=kind,
+        params=dict(study.best_params),
+        best_value=float(study.best_value),
+        trials=len(study.trials),
+        pruned=_count(study, optuna.trial.TrialState.PRUNED),
+        seconds=time.perf_counter() - started,
+        history=[
+            {"number": t.number, "state": t.state.name, "value": t.value, **t.params}
+            for t in study.trials
+        ],
+    )
+
+
+def _count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
+    return sum(trial.state == state for trial in study.trials)
+
+
+def _xgboost_objective(
+    encoder: FeatureEncoder, split: TrainingSplit, seed: int
+) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        booster = fit_xgboost(
+            _xgb_params(trial, seed), encoder, split, callbacks=[_XGBoostPruning(trial)]
+        )
+        return float(booster.best_score)
+
+    return objective
+
+
+def _catboost_objective(
+    encoder: FeatureEncoder, split: TrainingSplit, seed: int
+) -> Callable[[optuna.Trial], float]:
+    folds = list(
+        StratifiedKFold(n_splits=3, shuffle=True, random_state=seed).split(
+            split.train, labels_of(split.train)
+        )
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = _catboost_params(trial, seed)
+        scores = []
+        for step, (fit_rows, score_rows) in enumerate(folds):
+            model = fit_catboost(params, encoder, split.train.iloc[fit_rows])
+            held_out = split.train.iloc[score_rows]
+            scores.append(
+                roc_auc_score(labels_of(held_out), predict_catboost(model, encoder, held_out))
+            )
+            trial.report(float(np.mean(scores)), step=step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {step + 1}")
+        return float(np.mean(scores))
+
+    return objective
+
+
+Calibration = Literal["isotonic", "sigmoid"]
+
+
+@dataclass
+class Calibrator:
+    """Maps a model's raw score to a probability; fitted on validation data only."""
+
+    method: Calibration
+    isotonic: IsotonicRegression | None = None
+    sigmoid: LogisticRegression | None = None
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=float)
+        if self.method == "isotonic":
+            assert self.isotonic is not None  # noqa: S101
+            return np.clip(self.isotonic.predict(scores), 0.0, 1.0)
+        assert self.sigmoid is not None  # noqa: S101
+        return self.sigmoid.predict_proba(_logit(scores).reshape(-1, 1))[:, 1]
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(scores, 1e-6, 1 - 1e-6)
+    return np.log(clipped / (1 - clipped))
+
+
+def fit_calibrator(method: Calibration, scores: np.ndarray, labels: np.ndarray) -> Calibrator:
+    if method == "isotonic":
+        isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        isotonic.fit(scores, labels)
+        return Calibrator(method="isotonic", isotonic=isotonic)
+    sigmoid = LogisticRegression(C=1e6)
+    sigmoid.fit(_logit(np.asarray(scores)).reshape(-1, 1), labels)
+    return Calibrator(method="sigmoid", sigmoid=sigmoid)
+
+
+def choose_calibrator(scores: np.ndarray, labels: np.ndarray, *, seed: int) -> Calibrator:
+    """Isotonic or sigmoid, whichever has the lower cross-validated Brier score on the
+    validation data; then fitted on all of it. Isotonic can overfit small data, which the
+    cross-validation sees and in-sample fitting would not."""
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    briers: dict[Calibration, float] = {}
+    for method in ("sigmoid", "isotonic"):
+        predictions = np.zeros(len(scores))
+        for fit_rows, score_rows in folds.split(scores.reshape(-1, 1), labels):
+            calibrator = fit_calibrator(method, scores[fit_rows], labels[fit_rows])
+            predictions[score_rows] = calibrator(scores[score_rows])
+        briers[method] = float(brier_score_loss(labels, predictions))
+    best = min(briers, key=lambda method: briers[method])
+    logger.info("calibration Brier (cross-validated on validation): %s", briers)
+    return fit_calibrator(best, scores, labels)
+
+
+__all__ = ["FEATURE_COLUMNS"]

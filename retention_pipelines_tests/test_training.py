@@ -1,0 +1,155 @@
+"""Model search on the real Telco features: splits, encoding, tuning on Postgres-backed Optuna
+storage (pruning, resuming), calibration and metrics."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import psycopg
+import pytest
+
+from retention_pipelines.core import database
+from retention_pipelines.core import training as tr
+from retention_pipelines.core.features import UNKNOWN, FeatureEncoder
+from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
+from retention_pipelines.core.warehouse import replace_snapshot_partition
+from retention_pipelines.settings import get_settings
+
+pytestmark = pytest.mark.slow
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def telco_features(module_database_url: str, telco_csv: Path, tmp_path_factory) -> pd.DataFrame:
+    """The Telco snapshot ingested and turned into features by the real dbt project."""
+    replace_snapshot_partition(
+        module_database_url,
+        snapshot_date=date(2026, 1, 15),
+        facts=check_landing_file(telco_csv, max_bytes=10**9),
+        chunks=read_validated_chunks(telco_csv, chunk_rows=10_000),
+    )
+    parts = database.connection_parts(module_database_url)
+    project = get_settings().dbt_project_dir
+    subprocess.run(
+        [str(Path(sys.executable).parent / "dbt"), "build", "--quiet",
+         "--project-dir", str(project), "--profiles-dir", str(project),
+         "--target-path", str(tmp_path_factory.mktemp("dbt")),
+         "--vars", json.dumps({"snapshot_date": "2026-01-15"})],
+        env={**os.environ, "RETENTION_DBT_HOST": parts.host, "RETENTION_DBT_PORT": str(parts.port),
+             "RETENTION_DBT_USER": parts.user, "RETENTION_DBT_DBNAME": parts.dbname},
+        check=True,
+    )  # fmt: skip
+    with psycopg.connect(module_database_url) as conn:
+        cursor = conn.execute("select * from features.customer_features")
+        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
+
+
+@pytest.fixture(scope="module")
+def split(telco_features: pd.DataFrame) -> tr.TrainingSplit:
+    return tr.split_training_set(telco_features, seed=SEED)
+
+
+def test_the_split_is_stratified_and_repeatable(
+    telco_features: pd.DataFrame, split: tr.TrainingSplit
+) -> None:
+    summary = split.summary()
+    assert sum(part["rows"] for part in summary.values()) == 5_634
+    rates = [part["churn_rate"] for part in summary.values()]
+    assert max(rates) - min(rates) < 0.01
+    again = tr.split_training_set(telco_features, seed=SEED)
+    assert list(again.test["customer_id"]) == list(split.test["customer_id"])
+
+
+def test_too_few_labels_or_one_class_fail_clearly(telco_features: pd.DataFrame) -> None:
+    with pytest.raises(tr.TrainingDataError, match="at least 200 are needed"):
+        tr.split_training_set(telco_features.head(50), seed=SEED)
+    one_class = telco_features[telco_features["churned"] == False]  # noqa: E712
+    with pytest.raises(tr.TrainingDataError, match="one class only"):
+        tr.split_training_set(one_class, seed=SEED)
+    unlabelled = telco_features.assign(churned=None)
+    with pytest.raises(tr.TrainingDataError, match="0 labelled rows"):
+        tr.split_training_set(unlabelled, seed=SEED)
+
+
+def test_unseen_categories_and_missing_values_map_to_unknown(split: tr.TrainingSplit) -> None:
+    encoder = FeatureEncoder.fit(split.train)
+    odd = split.test.head(3).copy()
+    odd.loc[odd.index[0], "contract"] = "Three year"
+    odd.loc[odd.index[1], "payment_method"] = None
+    odd.loc[odd.index[2], "monthly_charges"] = None
+    encoded = encoder.tree_input(odd)
+    assert encoded["contract"].iloc[0] == UNKNOWN
+    assert encoded["payment_method"].iloc[1] == UNKNOWN
+    assert np.isnan(encoded["monthly_charges"].iloc[2])
+    booster = tr.fit_xgboost({"max_depth": 2, "eta": 0.3}, encoder, split, rounds=20)
+    predictions = tr.predict_xgboost(booster, encoder, odd)
+    assert np.all((predictions >= 0) & (predictions <= 1))
+    assert encoder.linear_input(odd).shape[0] == 3
+
+
+def test_a_stored_study_prunes_and_resumes_where_it_stopped(
+    module_database_url: str, split: tr.TrainingSplit
+) -> None:
+    storage = optuna.storages.RDBStorage(database.sqlalchemy_url(module_database_url))
+    encoder = FeatureEncoder.fit(split.train)
+    name = f"test-xgboost-{uuid.uuid4().hex[:6]}"
+    first = tr.tune(
+        "xgboost", study_name=name, storage=storage, encoder=encoder, split=split,
+        budget=tr.TuningBudget(trials=8, timeout_s=120), seed=SEED,
+    )  # fmt: skip
+    assert first.trials == 8
+    assert first.pruned >= 1
+    resumed = tr.tune(
+        "xgboost", study_name=name, storage=storage, encoder=encoder, split=split,
+        budget=tr.TuningBudget(trials=10, timeout_s=120), seed=SEED,
+    )  # fmt: skip
+    assert resumed.trials == 10
+    stored = optuna.load_study(study_name=name, storage=storage)
+    assert [trial.number for trial in stored.trials] == list(range(10))
+    assert resumed.best_value >= first.best_value
+
+
+def test_catboost_trials_report_the_running_auc_after_each_fold(
+    module_database_url: str, split: tr.TrainingSplit
+) -> None:
+    storage = optuna.storages.RDBStorage(database.sqlalchemy_url(module_database_url))
+    name = f"test-catboost-{uuid.uuid4().hex[:6]}"
+    candidate = tr.tune(
+        "catboost", study_name=name, storage=storage, encoder=FeatureEncoder.fit(split.train),
+        split=split, budget=tr.TuningBudget(trials=2, timeout_s=60), seed=SEED,
+    )  # fmt: skip
+    completed = [
+        trial
+        for trial in optuna.load_study(study_name=name, storage=storage).trials
+        if trial.state == optuna.trial.TrialState.COMPLETE
+    ]
+    assert completed and all(set(t.intermediate_values) == {0, 1, 2} for t in completed)
+    assert 0.75 < candidate.best_value < 1.0
+
+
+def test_calibration_fixes_scores_that_are_not_probabilities() -> None:
+    rng = np.random.default_rng(SEED)
+    truth = rng.uniform(0.05, 0.6, size=4_000)
+    labels = (rng.uniform(size=truth.size) < truth).astype(int)
+    overconfident = truth**0.3  # the right ranking, the wrong scale
+    calibrator = tr.choose_calibrator(overconfident, labels, seed=SEED)
+    before = tr.evaluate(labels, overconfident)["brier"]
+    after = tr.evaluate(labels, calibrator(overconfident))["brier"]
+    assert after < before - 0.05
+    assert calibrator.method in {"isotonic", "sigmoid"}
+
+
+def test_metrics_of_a_perfect_ranking() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    scores = np.linspace(0.01, 0.99, 100)
+    metrics = tr.evaluate(labels, scores)
+    assert metrics["roc_auc"] == 1.0
+    assert metrics["top_decile_lift"] == pytest.approx(10.0)
+    assert metrics["recall_top_10pct"] == 1.0
