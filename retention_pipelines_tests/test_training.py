@@ -14,10 +14,12 @@ import optuna
 import pandas as pd
 import psycopg
 import pytest
+import xgboost as xgb
 
 from retention_pipelines.core import database
 from retention_pipelines.core import training as tr
-from retention_pipelines.core.features import UNKNOWN, FeatureEncoder
+from retention_pipelines.core.explain import contributions, top_reasons
+from retention_pipelines.core.features import FEATURE_COLUMNS, UNKNOWN, FeatureEncoder
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
 from retention_pipelines.core.warehouse import replace_snapshot_partition
 from retention_pipelines.settings import get_settings
@@ -153,3 +155,38 @@ def test_metrics_of_a_perfect_ranking() -> None:
     assert metrics["roc_auc"] == 1.0
     assert metrics["top_decile_lift"] == pytest.approx(10.0)
     assert metrics["recall_top_10pct"] == 1.0
+
+
+def test_tree_shap_contributions_explain_the_margin_and_name_reasons_for_people(
+    split: tr.TrainingSplit,
+) -> None:
+    encoder = FeatureEncoder.fit(split.train)
+    booster = tr.fit_xgboost({"max_depth": 4, "eta": 0.1, "seed": SEED}, encoder, split)
+    rows = split.test.head(200)
+    explained = contributions(booster, encoder, rows)
+    margins = booster.predict(
+        xgb.DMatrix(encoder.tree_input(rows), enable_categorical=True),
+        output_margin=True,
+        iteration_range=(0, booster.best_iteration + 1),
+    )
+    # The bias is the same for every row: differences of sums are differences of margins.
+    sums = explained.sum(axis=1).to_numpy()
+    assert np.allclose(sums - sums[0], margins - margins[0], atol=1e-4)
+    by_contract = explained["contract"].groupby(rows["contract"]).mean()
+    assert by_contract["Month-to-month"] > 0 > by_contract["Two year"]
+    reasons = top_reasons(explained, rows)
+    assert all(len(row) == 3 for row in reasons)
+    assert all(first.contribution >= second.contribution for first, second, _ in reasons)
+    texts = {reason.text for row in reasons for reason in row}
+    assert "Contract: Month-to-month" in texts
+    assert any(text.startswith("Tenure: ") and text.endswith(" months") for text in texts)
+
+
+def test_catboost_contributions_have_one_column_per_feature(split: tr.TrainingSplit) -> None:
+    encoder = FeatureEncoder.fit(split.train)
+    model = tr.fit_catboost(
+        {"iterations": 50, "depth": 3, "random_seed": SEED}, encoder, split.train
+    )
+    explained = contributions(model, encoder, split.test.head(50))
+    assert list(explained.columns) == list(FEATURE_COLUMNS)
+    assert explained.abs().to_numpy().sum() > 0
