@@ -11,7 +11,7 @@ PYTHON ?= python3.11
 RUN := $(UV) run --frozen
 PORT ?= 3000
 
-.PHONY: help install demo dev test lint format db-upgrade db-stop clean
+.PHONY: help install demo dev mlflow test lint format db-upgrade db-stop clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ demo: install ## Start the embedded Postgres, build today's partition, serve the
 
 dev: install ## Serve the Dagster UI (webserver and daemon) on the local instance
 	DAGSTER_HOME="$$($(RUN) retention dagster-home)" $(RUN) dagster dev -w workspace.yaml -p $(PORT)
+
+mlflow: install ## MLflow UI on :5000 over the platform's registry (backend store in Postgres)
+	$(RUN) mlflow ui --port 5000 --backend-store-uri "$$($(RUN) retention model tracking-uri)"
 
 test: install ## Run the whole test suite against real Postgres and real dbt
 	$(RUN) pytest

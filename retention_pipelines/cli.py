@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 from datetime import date
@@ -18,6 +19,8 @@ from retention_pipelines.core.ingestion import check_landing_file, landing_file_
 from retention_pipelines.settings import PROJECT_ROOT, get_settings
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from retention_pipelines.demo import DemoReport
 
 app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
@@ -25,6 +28,8 @@ db_app = typer.Typer(
     help="The platform's Postgres: embedded by default, or RETENTION_DATABASE_URL."
 )
 app.add_typer(db_app, name="db")
+model_app = typer.Typer(help="The churn model's aliases in the MLflow registry.")
+app.add_typer(model_app, name="model")
 console = Console()
 
 DateOption = Annotated[
@@ -110,6 +115,50 @@ def db_stop() -> None:
     """Stop the embedded server (its data stays under .retention/pgdata)."""
     stopped = database.stop_embedded_server(get_settings().embedded_pgdata)
     console.print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
+
+
+def _mlflow_client() -> MlflowClient:
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
+    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
+
+    return MlflowClient(
+        mlflow_tracking_uri(prepared_database_url(), get_settings().mlflow_database)
+    )
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded with the change.")]
+
+
+@model_app.command("tracking-uri")
+def model_tracking_uri() -> None:
+    """Print MLflow's backend-store URI (the mlflow database on the platform's Postgres)."""
+    from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
+    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
+
+    print(mlflow_tracking_uri(prepared_database_url(), get_settings().mlflow_database))
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="The churn-model version to make champion.")],
+    reason: ReasonOption,
+) -> None:
+    """Move alias ``champion`` to VERSION by hand."""
+    from retention_pipelines.core import registry  # noqa: PLC0415
+
+    registry.promote(_mlflow_client(), version, reason=reason, actor=f"cli:{getpass.getuser()}")
+    console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is now version {version}")
+
+
+@model_app.command("rollback")
+def model_rollback(reason: ReasonOption) -> None:
+    """Move alias ``champion`` back to the version that held it before."""
+    from retention_pipelines.core import registry  # noqa: PLC0415
+
+    version = registry.rollback(_mlflow_client(), reason=reason, actor=f"cli:{getpass.getuser()}")
+    console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is back on version {version}")
 
 
 @app.command("dagster-home")

@@ -17,6 +17,8 @@ from pathlib import Path
 from threading import Lock
 
 import dagster as dg
+import mlflow
+from mlflow import MlflowClient
 from pydantic import Field
 
 from retention_pipelines.core import database
@@ -100,3 +102,28 @@ class LandingResource(dg.ConfigurableResource):
 def dbt_executable() -> str:
     """dbt from PATH, else the one installed beside this interpreter (a venv not activated)."""
     return shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow with its backend store on the platform's Postgres and artefacts in a folder."""
+
+    tracking_uri: str | None = Field(
+        default=None, description="Overrides the store (default: the mlflow database)."
+    )
+    artifact_root: str | None = Field(default=None, description="Overrides the artefact folder.")
+    experiment: str | None = Field(default=None, description="Overrides the experiment name.")
+
+    def client(self, warehouse: WarehouseResource) -> MlflowClient:
+        """Point this process's MLflow at the store and experiment, and return a client."""
+        from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
+
+        settings = get_settings()
+        uri = self.tracking_uri or mlflow_tracking_uri(warehouse.url(), settings.mlflow_database)
+        mlflow.set_tracking_uri(uri)
+        name = self.experiment or settings.mlflow_experiment
+        if mlflow.get_experiment_by_name(name) is None:
+            root = Path(self.artifact_root or settings.resolved_mlflow_artifact_root)
+            root.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(name, artifact_location=root.resolve().as_uri())
+        mlflow.set_experiment(name)
+        return MlflowClient(uri)

@@ -50,6 +50,33 @@ class RetentionSettings(BaseSettings):
     dbt_project_dir: Path = Field(
         default=PROJECT_ROOT / "dbt_project", description="The dbt project Dagster runs."
     )
+    mlflow_database: str = Field(
+        default="mlflow", description="Database of MLflow's backend store, on the same server."
+    )
+    mlflow_artifact_root: Path | None = Field(
+        default=None, description="Where MLflow artefacts go. Default: home_dir/mlartifacts."
+    )
+    mlflow_experiment: str = Field(default="churn-model", description="MLflow experiment name.")
+    training_seed: int = Field(default=42, description="Seed of the split, samplers and models.")
+    training_snapshots: int = Field(
+        default=1, description="Labelled snapshots trained on (latest first), one row a customer."
+    )
+    xgboost_trials: int = Field(default=40, description="Optuna trials for XGBoost.")
+    xgboost_timeout_s: float = Field(default=90.0, description="Time limit of the XGBoost study.")
+    catboost_trials: int = Field(default=12, description="Optuna trials for CatBoost.")
+    catboost_timeout_s: float = Field(
+        default=120.0, description="Time limit of the CatBoost study."
+    )
+    baseline_tolerance: float = Field(
+        default=0.0, description="How far (ROC AUC) the winner may trail the logistic baseline."
+    )
+    gate_auc_tolerance: float = Field(
+        default=0.005,
+        description="Gate: the challenger's ROC AUC may trail the champion's by this.",
+    )
+    gate_brier_tolerance: float = Field(
+        default=0.005, description="Gate: the challenger's Brier may exceed the champion's by this."
+    )
 
     @property
     def resolved_landing_dir(self) -> Path:
@@ -58,6 +85,10 @@ class RetentionSettings(BaseSettings):
     @property
     def embedded_pgdata(self) -> Path:
         return self.home_dir / "pgdata"
+
+    @property
+    def resolved_mlflow_artifact_root(self) -> Path:
+        return self.mlflow_artifact_root or self.home_dir / "mlartifacts"
 
     @property
     def dagster_home(self) -> Path:

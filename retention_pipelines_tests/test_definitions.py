@@ -12,10 +12,23 @@ from retention_pipelines.definitions import defs
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_asset_graph_runs_from_landing_file_to_feature_table() -> None:
+def test_the_asset_graph_runs_from_landing_file_to_champion_model() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"raw_customer_snapshot", "stg_customers", "customer_features"}
+    assert keys == {
+        "raw_customer_snapshot",
+        "stg_customers",
+        "customer_features",
+        "training_set",
+        "churn_model_candidates",
+        "registered_churn_model",
+        "champion_model",
+    }
+    assert graph.get(dg.AssetKey("training_set")).parent_keys == {dg.AssetKey("customer_features")}
+    assert graph.get(dg.AssetKey("champion_model")).parent_keys == {
+        dg.AssetKey("training_set"),
+        dg.AssetKey("registered_churn_model"),
+    }
     assert graph.get(dg.AssetKey("stg_customers")).parent_keys == {
         dg.AssetKey("raw_customer_snapshot")
     }
@@ -50,3 +63,15 @@ def test_dagster_validates_the_workspace_from_the_command_line(tmp_path: Path) -
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_the_jobs_are_the_daily_snapshot_and_retraining() -> None:
+    jobs = {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    assert jobs == {"daily_snapshot_job", "retrain_job"}
+    retrain = defs.resolve_job_def("retrain_job")
+    assert {node.name for node in retrain.nodes} == {
+        "training_set",
+        "churn_model_candidates",
+        "registered_churn_model",
+        "champion_model",
+    }

@@ -168,7 +168,7 @@ def ensure_database(url: str, database: str) -> None:
         ).fetchone()
         if exists is None:
             # Another process may create it between our check and our create.
-            with suppress(psycopg.errors.DuplicateDatabase):
+            with suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
 
 

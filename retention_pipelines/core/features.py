@@ -125,3 +125,16 @@ def _as_float(values: pd.Series) -> pd.Series:
     return pd.to_numeric(
         values.astype("object").where(values.notna(), np.nan), errors="coerce"
     ).astype(float)
+
+
+def feature_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The contract's columns with plain dtypes (text, boolean, float), whatever the source:
+    Postgres hands numerics over as ``Decimal``, which models and MLflow schemas do not take."""
+    typed = pd.DataFrame(index=frame.index)
+    for column in CATEGORICAL_FEATURES:
+        typed[column] = frame[column].astype("object").where(frame[column].notna(), None)
+    for column in BOOLEAN_FEATURES:
+        typed[column] = frame[column].astype("boolean")
+    for column in NUMERIC_FEATURES:
+        typed[column] = _as_float(frame[column])
+    return typed

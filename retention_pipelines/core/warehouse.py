@@ -334,3 +334,27 @@ def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> str:
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def read_labelled_features(url: str, snapshots: int) -> tuple[pd.DataFrame, list[date]]:
+    """Labelled rows of the latest ``snapshots`` labelled snapshot dates, one row per customer
+    (its latest), and the dates used."""
+    with psycopg.connect(url) as conn:
+        dates = [
+            row[0]
+            for row in conn.execute(
+                "select snapshot_date from features.customer_features where churned is not null"
+                " group by snapshot_date order by snapshot_date desc limit %s",
+                (snapshots,),
+            ).fetchall()
+        ]
+        cursor = conn.execute(
+            "select distinct on (customer_id) * from features.customer_features"
+            " where snapshot_date = any(%s) and churned is not null"
+            " order by customer_id, snapshot_date desc",
+            (dates,),
+        )
+        frame = pd.DataFrame(
+            cursor.fetchall(), columns=[column.name for column in cursor.description]
+        )
+    return frame, sorted(dates)
