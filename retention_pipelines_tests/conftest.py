@@ -68,3 +68,21 @@ def telco_csv() -> Path:
     if not TELCO_CSV.exists():
         pytest.fail(f"the Telco data is expected at {TELCO_CSV}")
     return TELCO_CSV
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(server_url: str) -> Iterator[str]:
+    """A throwaway MLflow store on the test server, set as this process's tracking URI."""
+    import mlflow  # noqa: PLC0415
+
+    from retention_pipelines.core import database, registry  # noqa: PLC0415
+
+    name = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
+    previous = mlflow.get_tracking_uri()
+    uri = registry.mlflow_tracking_uri(server_url, name)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous)
+        database.drop_database(server_url, name)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,19 +32,6 @@ class ConstantChurn(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return pd.DataFrame({PROBABILITY: [self.probability] * len(model_input)})
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(server_url: str) -> Iterator[str]:
-    name = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
-    previous = mlflow.get_tracking_uri()
-    uri = registry.mlflow_tracking_uri(server_url, name)
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield uri
-    finally:
-        mlflow.set_tracking_uri(previous)
-        database.drop_database(server_url, name)
 
 
 @pytest.fixture(scope="module")

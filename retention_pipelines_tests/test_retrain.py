@@ -2,8 +2,6 @@
 with a tiny budget, and the behaviour of the model it registers."""
 
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +15,7 @@ from mlflow import MlflowClient
 
 from retention_pipelines.assets.features import retention_dbt_models, retention_dbt_project
 from retention_pipelines.assets.ingestion import raw_customer_snapshot
-from retention_pipelines.core import database, registry
+from retention_pipelines.core import registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.definitions import defs
 from retention_pipelines.resources import (
@@ -38,18 +36,6 @@ TINY_BUDGET = {
     # A one-trial CatBoost may trail the baseline a little; the default budget may not.
     "baseline_tolerance": 0.03,
 }
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(server_url: str) -> Iterator[str]:
-    name = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
-    previous = mlflow.get_tracking_uri()
-    uri = registry.mlflow_tracking_uri(server_url, name)
-    try:
-        yield uri
-    finally:
-        mlflow.set_tracking_uri(previous)
-        database.drop_database(server_url, name)
 
 
 @pytest.fixture(scope="module")
