@@ -146,9 +146,15 @@ def model_promote(
     reason: ReasonOption,
 ) -> None:
     """Move alias ``champion`` to VERSION by hand."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
     from retention_pipelines.core import registry  # noqa: PLC0415
 
-    registry.promote(_mlflow_client(), version, reason=reason, actor=f"cli:{getpass.getuser()}")
+    try:
+        registry.promote(_mlflow_client(), version, reason=reason, actor=f"cli:{getpass.getuser()}")
+    except (ValueError, LookupError, MlflowException) as error:
+        console.print(f"[red]cannot promote: {error}")
+        raise typer.Exit(1) from error
     console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is now version {version}")
 
 
@@ -157,7 +163,13 @@ def model_rollback(reason: ReasonOption) -> None:
     """Move alias ``champion`` back to the version that held it before."""
     from retention_pipelines.core import registry  # noqa: PLC0415
 
-    version = registry.rollback(_mlflow_client(), reason=reason, actor=f"cli:{getpass.getuser()}")
+    try:
+        version = registry.rollback(
+            _mlflow_client(), reason=reason, actor=f"cli:{getpass.getuser()}"
+        )
+    except (ValueError, LookupError) as error:
+        console.print(f"[red]cannot roll back: {error}")
+        raise typer.Exit(1) from error
     console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is back on version {version}")
 
 

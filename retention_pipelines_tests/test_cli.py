@@ -1,11 +1,14 @@
 """The ``retention`` command as a person uses it."""
 
+import uuid
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from retention_pipelines.cli import app
+from retention_pipelines.core import database
 from retention_pipelines.core.schemas import TELCO_COLUMNS
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.landing_files import customer, write_rows
@@ -46,3 +49,18 @@ def test_a_bad_date_is_a_clear_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", "--date", "26/11/2026", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "is not a date like" in result.output
+
+
+def test_model_rollback_without_a_champion_says_why_and_fails(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RETENTION_MLFLOW_DATABASE", name)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["model", "rollback", "--reason", "a test"])
+    finally:
+        get_settings.cache_clear()
+        database.drop_database(server_url, name)
+    assert result.exit_code == 1
+    assert "cannot roll back: churn-model has no champion" in result.output
