@@ -52,9 +52,10 @@ def test_a_bad_date_is_a_clear_usage_error(tmp_path: Path) -> None:
 
 
 def test_model_rollback_without_a_champion_says_why_and_fails(
-    server_url: str, monkeypatch: pytest.MonkeyPatch
+    server_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RETENTION_DATABASE_URL", database_url)
     monkeypatch.setenv("RETENTION_MLFLOW_DATABASE", name)
     get_settings.cache_clear()
     try:
