@@ -27,6 +27,23 @@ def _resources(url: str, landing_dir: Path, **landing: float) -> dict[str, objec
     }
 
 
+def _build(
+    url: str,
+    landing_dir: Path,
+    day: str,
+    assets: tuple[object, ...] = (raw_customer_snapshot, retention_dbt_models),
+    **landing: float,
+) -> dg.ExecuteInProcessResult:
+    """Materialize one day of the given assets on a throwaway instance; failures returned."""
+    return dg.materialize(
+        list(assets),
+        partition_key=day,
+        resources=_resources(url, landing_dir, **landing),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
 def _land(source: Path, landing_dir: Path, day: str = DAY) -> Path:
     landing_dir.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(source, landing_dir / landing_file_name(date.fromisoformat(day))))
@@ -42,12 +59,7 @@ def test_the_telco_snapshot_flows_from_landing_file_to_feature_table(
     module_database_url: str, telco_csv: Path, tmp_path: Path
 ) -> None:
     _land(telco_csv, tmp_path)
-    result = dg.materialize(
-        [raw_customer_snapshot, retention_dbt_models],
-        partition_key=DAY,
-        resources=_resources(module_database_url, tmp_path),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    result = _build(module_database_url, tmp_path, DAY)
     assert result.success
     metadata = result.asset_materializations_for_node("raw_customer_snapshot")[0].metadata
     assert metadata["rows_read"].value == 5_634
@@ -77,12 +89,7 @@ def test_a_second_day_leaves_the_first_day_alone_and_tests_only_its_own_rows(
             (DAY,),
         )
     _land(write_rows(tmp_path / "small.csv", [customer(n) for n in range(1, 21)]), tmp_path, day)
-    result = dg.materialize(
-        [raw_customer_snapshot, retention_dbt_models],
-        partition_key=day,
-        resources=_resources(module_database_url, tmp_path),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    result = _build(module_database_url, tmp_path, day)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
     assert _count(module_database_url, "features.customer_features", day) == 20
@@ -92,13 +99,7 @@ def test_a_second_day_leaves_the_first_day_alone_and_tests_only_its_own_rows(
 def test_a_missing_landing_file_fails_the_run_naming_the_expected_path(
     module_database_url: str, tmp_path: Path
 ) -> None:
-    result = dg.materialize(
-        [raw_customer_snapshot],
-        partition_key="2026-02-01",
-        resources=_resources(module_database_url, tmp_path),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = _build(module_database_url, tmp_path, "2026-02-01", (raw_customer_snapshot,))
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure)
     message = failure.step_failure_data.error.message
@@ -111,13 +112,7 @@ def test_too_many_rejects_fail_the_blocking_check_and_stop_dbt(
     day = "2026-01-20"
     rows = [customer(n) for n in range(1, 10)] + [customer(50, tenure="many")]
     _land(write_rows(tmp_path / "rejects.csv", rows), tmp_path, day)
-    result = dg.materialize(
-        [raw_customer_snapshot, retention_dbt_models],
-        partition_key=day,
-        resources=_resources(module_database_url, tmp_path, max_reject_share=0.05),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = _build(module_database_url, tmp_path, day, max_reject_share=0.05)
     assert not result.success
     share = next(
         check

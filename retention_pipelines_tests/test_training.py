@@ -2,9 +2,7 @@
 storage (pruning, resuming), calibration and metrics."""
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from datetime import date
 from pathlib import Path
@@ -22,6 +20,7 @@ from retention_pipelines.core.explain import contributions, top_reasons
 from retention_pipelines.core.features import FEATURE_COLUMNS, UNKNOWN, FeatureEncoder
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
 from retention_pipelines.core.warehouse import replace_snapshot_partition
+from retention_pipelines.resources import WarehouseResource, dbt_executable
 from retention_pipelines.settings import get_settings
 
 pytestmark = pytest.mark.slow
@@ -37,17 +36,15 @@ def telco_features(module_database_url: str, telco_csv: Path, tmp_path_factory) 
         facts=check_landing_file(telco_csv, max_bytes=10**9),
         chunks=read_validated_chunks(telco_csv, chunk_rows=10_000),
     )
-    parts = database.connection_parts(module_database_url)
     project = get_settings().dbt_project_dir
-    subprocess.run(
-        [str(Path(sys.executable).parent / "dbt"), "build", "--quiet",
-         "--project-dir", str(project), "--profiles-dir", str(project),
-         "--target-path", str(tmp_path_factory.mktemp("dbt")),
-         "--vars", json.dumps({"snapshot_date": "2026-01-15"})],
-        env={**os.environ, "RETENTION_DBT_HOST": parts.host, "RETENTION_DBT_PORT": str(parts.port),
-             "RETENTION_DBT_USER": parts.user, "RETENTION_DBT_DBNAME": parts.dbname},
-        check=True,
-    )  # fmt: skip
+    with WarehouseResource(database_url=module_database_url).dbt_environment():
+        subprocess.run(
+            [dbt_executable(), "build", "--quiet",
+             "--project-dir", str(project), "--profiles-dir", str(project),
+             "--target-path", str(tmp_path_factory.mktemp("dbt")),
+             "--vars", json.dumps({"snapshot_date": "2026-01-15"})],
+            check=True,
+        )  # fmt: skip
     with psycopg.connect(module_database_url) as conn:
         cursor = conn.execute("select * from features.customer_features")
         return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])

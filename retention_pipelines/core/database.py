@@ -14,8 +14,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -151,13 +150,6 @@ def sqlalchemy_url(url: str) -> str:
     """The URL for SQLAlchemy-based clients (dagster-postgres, MLflow, Optuna): psycopg2."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
-
-
-@contextmanager
-def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A psycopg connection that commits on success and rolls back on error."""
-    with psycopg.connect(url, autocommit=autocommit) as conn:
-        yield conn
 
 
 def ensure_database(url: str, database: str) -> None:

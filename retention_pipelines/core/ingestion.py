@@ -427,12 +427,3 @@ def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
             ],
         }
     )
-
-
-__all__ = [
-    "LandingFileError",
-    "LandingFileFacts",
-    "ValidatedChunk",
-    "check_landing_file",
-    "read_validated_chunks",
-]

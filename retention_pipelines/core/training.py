@@ -29,7 +29,6 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from retention_pipelines.core.features import (
     CATEGORICAL_FEATURES,
-    FEATURE_COLUMNS,
     LABEL_COLUMN,
     FeatureEncoder,
 )
@@ -390,6 +389,3 @@ def choose_calibrator(scores: np.ndarray, labels: np.ndarray, *, seed: int) -> C
     )
     logger.info("calibration Brier (cross-validated on validation): %s -> %s", briers, best)
     return fit_calibrator(best, scores, labels)
-
-
-__all__ = ["FEATURE_COLUMNS"]
