@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,10 @@ class RetentionSettings(BaseSettings):
         default=None, description="Where MLflow artefacts go. Default: home_dir/mlartifacts."
     )
     mlflow_experiment: str = Field(default="churn-model", description="MLflow experiment name.")
+    mlflow_ui_url: str = Field(
+        default="http://localhost:5000",
+        description="Where people open the MLflow UI (`make mlflow`); Dagster links runs there.",
+    )
     training_seed: int = Field(default=42, description="Seed of the split, samplers and models.")
     training_snapshots: int = Field(
         default=1, description="Labelled snapshots trained on (latest first), one row a customer."
@@ -77,6 +81,38 @@ class RetentionSettings(BaseSettings):
     gate_brier_tolerance: float = Field(
         default=0.005, description="Gate: the challenger's Brier may exceed the champion's by this."
     )
+    scoring_chunk_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Customers read, scored, explained and written per chunk (bounds memory).",
+    )
+    risk_high_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Calibrated probability from which a customer is in the high risk band.",
+    )
+    risk_medium_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Calibrated probability from which a customer is in the medium risk band.",
+    )
+    reader_role: str = Field(
+        default="retention_reader",
+        description="Read-only Postgres role of business users: reads analytics, nothing else.",
+    )
+    reader_password: SecretStr = Field(
+        default=SecretStr("retention_reader"), description="Password of the reader role."
+    )
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> RetentionSettings:
+        if self.risk_medium_threshold >= self.risk_high_threshold:
+            raise ValueError(
+                "RETENTION_RISK_MEDIUM_THRESHOLD must be below RETENTION_RISK_HIGH_THRESHOLD"
+            )
+        return self
 
     @property
     def resolved_landing_dir(self) -> Path:

@@ -86,3 +86,40 @@ def mlflow_uri(server_url: str) -> Iterator[str]:
     finally:
         mlflow.set_tracking_uri(previous)
         database.drop_database(server_url, name)
+
+
+TELCO_DAY = "2026-01-15"
+
+
+@pytest.fixture(scope="module")
+def telco_warehouse(module_database_url: str, telco_csv: Path, tmp_path_factory) -> str:
+    """This module's database holding the Telco snapshot of ``TELCO_DAY``, ingested and turned
+    into features by the real dbt project."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    from datetime import date  # noqa: PLC0415
+
+    from retention_pipelines.core.ingestion import (  # noqa: PLC0415
+        check_landing_file,
+        read_validated_chunks,
+    )
+    from retention_pipelines.core.warehouse import replace_snapshot_partition  # noqa: PLC0415
+    from retention_pipelines.resources import WarehouseResource, dbt_executable  # noqa: PLC0415
+    from retention_pipelines.settings import get_settings  # noqa: PLC0415
+
+    replace_snapshot_partition(
+        module_database_url,
+        snapshot_date=date.fromisoformat(TELCO_DAY),
+        facts=check_landing_file(telco_csv, max_bytes=10**9),
+        chunks=read_validated_chunks(telco_csv, chunk_rows=10_000),
+    )
+    project = get_settings().dbt_project_dir
+    with WarehouseResource(database_url=module_database_url).dbt_environment():
+        subprocess.run(
+            [dbt_executable(), "build", "--quiet", "--select", "stg_customers customer_features",
+             "--project-dir", str(project), "--profiles-dir", str(project),
+             "--target-path", str(tmp_path_factory.mktemp("dbt")),
+             "--vars", json.dumps({"snapshot_date": TELCO_DAY})],
+            check=True,
+        )  # fmt: skip
+    return module_database_url

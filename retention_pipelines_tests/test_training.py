@@ -1,11 +1,7 @@
 """Model search on the real Telco features: splits, encoding, tuning on Postgres-backed Optuna
 storage (pruning, resuming), calibration and metrics."""
 
-import json
-import subprocess
 import uuid
-from datetime import date
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -16,36 +12,22 @@ import xgboost as xgb
 
 from retention_pipelines.core import database
 from retention_pipelines.core import training as tr
-from retention_pipelines.core.explain import contributions, top_reasons
-from retention_pipelines.core.features import FEATURE_COLUMNS, UNKNOWN, FeatureEncoder
-from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
-from retention_pipelines.core.warehouse import replace_snapshot_partition
-from retention_pipelines.resources import WarehouseResource, dbt_executable
-from retention_pipelines.settings import get_settings
+from retention_pipelines.core.explain import contributions, linear_contributions, top_reasons
+from retention_pipelines.core.features import (
+    FEATURE_COLUMNS,
+    UNKNOWN,
+    FeatureEncoder,
+    feature_frame,
+)
+from retention_pipelines.core.model import ChurnModel, booster_margin
 
 pytestmark = pytest.mark.slow
 SEED = 7
 
 
 @pytest.fixture(scope="module")
-def telco_features(module_database_url: str, telco_csv: Path, tmp_path_factory) -> pd.DataFrame:
-    """The Telco snapshot ingested and turned into features by the real dbt project."""
-    replace_snapshot_partition(
-        module_database_url,
-        snapshot_date=date(2026, 1, 15),
-        facts=check_landing_file(telco_csv, max_bytes=10**9),
-        chunks=read_validated_chunks(telco_csv, chunk_rows=10_000),
-    )
-    project = get_settings().dbt_project_dir
-    with WarehouseResource(database_url=module_database_url).dbt_environment():
-        subprocess.run(
-            [dbt_executable(), "build", "--quiet",
-             "--project-dir", str(project), "--profiles-dir", str(project),
-             "--target-path", str(tmp_path_factory.mktemp("dbt")),
-             "--vars", json.dumps({"snapshot_date": "2026-01-15"})],
-            check=True,
-        )  # fmt: skip
-    with psycopg.connect(module_database_url) as conn:
+def telco_features(telco_warehouse: str) -> pd.DataFrame:
+    with psycopg.connect(telco_warehouse) as conn:
         cursor = conn.execute("select * from features.customer_features")
         return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
 
@@ -64,6 +46,32 @@ def test_the_split_is_stratified_and_repeatable(
     assert max(rates) - min(rates) < 0.01
     again = tr.split_training_set(telco_features, seed=SEED)
     assert list(again.test["customer_id"]) == list(split.test["customer_id"])
+
+
+def test_customers_keep_their_split_when_the_snapshot_changes(
+    telco_features: pd.DataFrame, split: tr.TrainingSplit
+) -> None:
+    # Next month: a fifth of the customers left and 1,000 new ones arrived.
+    later = pd.concat(
+        [
+            telco_features.sample(frac=0.8, random_state=1),
+            telco_features.sample(n=1_000, random_state=2).assign(
+                customer_id=lambda frame: "NEW-" + frame["customer_id"]
+            ),
+        ]
+    )
+    before, after = _assignment(split), _assignment(tr.split_training_set(later, seed=SEED))
+    moved = [
+        customer for customer in after if customer in before and before[customer] != after[customer]
+    ]
+    assert len(moved) / len(before) < 0.02
+    reshuffled = tr.split_training_set(telco_features, seed=SEED + 1)
+    assert set(reshuffled.test["customer_id"]) != set(split.test["customer_id"])
+
+
+def _assignment(split: tr.TrainingSplit) -> dict[str, str]:
+    parts = {"train": split.train, "validation": split.validation, "test": split.test}
+    return {customer: name for name, part in parts.items() for customer in part["customer_id"]}
 
 
 def test_too_few_labels_or_one_class_fail_clearly(telco_features: pd.DataFrame) -> None:
@@ -101,17 +109,17 @@ def test_a_stored_study_prunes_and_resumes_where_it_stopped(
     name = f"test-xgboost-{uuid.uuid4().hex[:6]}"
     first = tr.tune(
         "xgboost", study_name=name, storage=storage, encoder=encoder, split=split,
-        budget=tr.TuningBudget(trials=8, timeout_s=120), seed=SEED,
+        budget=tr.TuningBudget(trials=10, timeout_s=120), seed=SEED,
     )  # fmt: skip
-    assert first.trials == 8
+    assert first.trials == 10
     assert first.pruned >= 1
     resumed = tr.tune(
         "xgboost", study_name=name, storage=storage, encoder=encoder, split=split,
-        budget=tr.TuningBudget(trials=10, timeout_s=120), seed=SEED,
+        budget=tr.TuningBudget(trials=12, timeout_s=120), seed=SEED,
     )  # fmt: skip
-    assert resumed.trials == 10
+    assert resumed.trials == 12
     stored = optuna.load_study(study_name=name, storage=storage)
-    assert [trial.number for trial in stored.trials] == list(range(10))
+    assert [trial.number for trial in stored.trials] == list(range(12))
     assert resumed.best_value >= first.best_value
 
 
@@ -187,3 +195,39 @@ def test_catboost_contributions_have_one_column_per_feature(split: tr.TrainingSp
     explained = contributions(model, encoder, split.test.head(50))
     assert list(explained.columns) == list(FEATURE_COLUMNS)
     assert explained.abs().to_numpy().sum() > 0
+
+
+def test_the_blend_weight_favours_the_better_part() -> None:
+    rng = np.random.default_rng(SEED)
+    labels = rng.integers(0, 2, size=3_000)
+    informative = (labels * 2 - 1) * 1.5 + rng.normal(size=labels.size)
+    noise = rng.normal(size=labels.size)
+    assert tr.choose_tree_weight(informative, noise, labels) == 1.0
+    # The trees keep at least half of the weight even when the linear part is better.
+    assert tr.choose_tree_weight(noise, informative, labels) == 0.5
+
+
+def test_the_blended_model_explains_its_margin_exactly(split: tr.TrainingSplit) -> None:
+    encoder = FeatureEncoder.fit(split.train)
+    baseline = tr.fit_baseline(encoder, split, seed=SEED)
+    booster = tr.fit_xgboost({"max_depth": 3, "eta": 0.1, "seed": SEED}, encoder, split)
+    rows = split.test.head(300)
+    linear = linear_contributions(baseline, rows)
+    assert list(linear.columns) == list(FEATURE_COLUMNS)
+    # One-hot levels of a column add up to one contribution for that column.
+    margins = baseline.margin(rows)
+    sums = linear.sum(axis=1).to_numpy()
+    assert np.allclose(sums - sums[0], margins - margins[0], atol=1e-8)
+    scores = booster_margin(booster, encoder, split.validation)
+    calibrator = tr.choose_calibrator(
+        1 / (1 + np.exp(-scores)), tr.labels_of(split.validation), seed=SEED
+    )
+    model = ChurnModel(
+        kind="xgboost", encoder=encoder, booster=booster, calibrator=calibrator,
+        linear=baseline, tree_weight=0.7,
+    )  # fmt: skip
+    blended = model.contributions(rows).sum(axis=1).to_numpy()
+    expected = model.margin(rows)
+    assert np.allclose(blended - blended[0], expected - expected[0], atol=1e-4)
+    probabilities = model.predict_proba(feature_frame(rows))
+    assert np.all((probabilities >= 0) & (probabilities <= 1))

@@ -72,8 +72,9 @@ def churn_model_candidates(
     warehouse: WarehouseResource,
     training_set: TrainingSplit,
 ) -> dg.Output[TrainingResult]:
-    """Logistic baseline, Optuna-tuned XGBoost and CatBoost; the winner chosen and calibrated
-    on validation data, and required to beat the baseline on the test split."""
+    """Logistic baseline, Optuna-tuned XGBoost and CatBoost; the winner chosen, blended with
+    the logistic model and calibrated on validation data, and required to beat the baseline
+    on the test split."""
     settings = get_settings()
     storage = optuna.storages.RDBStorage(database.sqlalchemy_url(warehouse.url()))
     result = train_churn_model(
@@ -102,11 +103,13 @@ def churn_model_candidates(
         metadata={
             "winner": result.winner,
             "calibration": result.model.calibrator.method,
+            "tree_weight": dg.MetadataValue.float(result.model.tree_weight),
             "test_roc_auc": dg.MetadataValue.float(round(result.test["roc_auc"], 4)),
             "test_brier": dg.MetadataValue.float(round(result.test["brier"], 4)),
             "comparison": dg.MetadataValue.md(_comparison_markdown(result)),
             **{
                 f"{kind}_trials": f"{c.tuned.trials} ({c.tuned.pruned} pruned)"
+                + (", stopped by the timeout" if c.tuned.timed_out else "")
                 for kind, c in result.candidates.items()
             },
         },
@@ -148,14 +151,21 @@ def registered_churn_model(
     version = registry.register_challenger(
         client, model_uri=logged.model_uri, run_id=logged.run_id, tags=tags
     )
-    run_url = f"{mlflow.get_tracking_uri()} run {logged.run_id}"
+    ui = get_settings().mlflow_ui_url.rstrip("/")
+    experiment_id = client.get_run(logged.run_id).info.experiment_id
     return dg.Output(
         {"version": version, "run_id": logged.run_id, "model_uri": logged.model_uri},
         metadata={
             "model_name": registry.MODEL_NAME,
             "version": version,
             "mlflow_run_id": logged.run_id,
-            "mlflow_run": run_url,
+            "mlflow_run": dg.MetadataValue.url(
+                f"{ui}/#/experiments/{experiment_id}/runs/{logged.run_id}"
+            ),
+            "mlflow_model_version": dg.MetadataValue.url(
+                f"{ui}/#/models/{registry.MODEL_NAME}/versions/{version}"
+            ),
+            "model_uri": logged.model_uri,
         },
     )
 

@@ -58,6 +58,7 @@ FEATURE_COLUMNS: Final[tuple[str, ...]] = (
     *NUMERIC_FEATURES,
 )
 UNKNOWN: Final = "__unknown__"
+LEVEL_SEPARATOR: Final = "="
 
 
 @dataclass
@@ -107,10 +108,17 @@ class FeatureEncoder:
         return encoded
 
     def linear_input(self, frame: pd.DataFrame) -> np.ndarray:
-        """One-hot categoricals, flags, standardized numbers with missing values at the
-        training median: the logistic baseline's design matrix."""
+        """The logistic model's design matrix (see :meth:`linear_frame`)."""
+        return self.linear_frame(frame).to_numpy(dtype=float)
+
+    def linear_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One-hot categoricals (``contract=Two year``), flags, and standardized numbers with
+        missing values at the training median. :func:`linear_feature` maps a column back."""
         tree = self.tree_input(frame)
-        parts = [pd.get_dummies(tree[list(CATEGORICAL_FEATURES)], dtype=float)]
+        parts = [
+            pd.get_dummies(tree[column], prefix=column, prefix_sep=LEVEL_SEPARATOR, dtype=float)
+            for column in CATEGORICAL_FEATURES
+        ]
         parts.append(tree[list(BOOLEAN_FEATURES)].fillna(0.0))
         numeric = pd.DataFrame(index=tree.index)
         for column in NUMERIC_FEATURES:
@@ -118,7 +126,13 @@ class FeatureEncoder:
             filled = tree[column].fillna(self.numeric_medians[column])
             numeric[column] = (filled - mean) / scale
         parts.append(numeric)
-        return pd.concat(parts, axis=1).to_numpy(dtype=float)
+        return pd.concat(parts, axis=1)
+
+
+def linear_feature(design_column: str) -> str:
+    """The contract column a design-matrix column comes from (``contract=Two year`` →
+    ``contract``)."""
+    return design_column.split(LEVEL_SEPARATOR, 1)[0]
 
 
 def _as_float(values: pd.Series) -> pd.Series:

@@ -1,8 +1,8 @@
 """The model artefact: feature contract in, calibrated churn probability out.
 
-Everything between the two (encoding, the booster, the calibrator) lives in one MLflow pyfunc
-model, so batch scoring and the API load the same object from ``models:/churn-model@champion``
-and cannot disagree about how a feature is encoded.
+Everything between the two (encoding, the booster and its linear partner, the calibrator)
+lives in one MLflow pyfunc model, so batch scoring and the API load the same object from
+``models:/churn-model@champion`` and cannot disagree about how a feature is encoded.
 """
 
 from __future__ import annotations
@@ -18,41 +18,114 @@ import xgboost as xgb
 
 from retention_pipelines.core import explain
 from retention_pipelines.core.features import FEATURE_COLUMNS, FeatureEncoder
-from retention_pipelines.core.training import (
-    Calibrator,
-    ModelKind,
-    predict_catboost,
-    predict_xgboost,
-)
+from retention_pipelines.core.training import Baseline, Calibrator, ModelKind
 
 PROBABILITY_COLUMN = "churn_probability"
 
 
 @dataclass
 class ChurnModel:
-    """A fitted booster with its encoder and calibrator."""
+    """A fitted booster blended in log-odds with the logistic model, then calibrated.
+
+    ``margin = tree_weight * booster log-odds + (1 - tree_weight) * logistic log-odds``; the
+    calibrator maps ``sigmoid(margin)`` to the probability. With ``tree_weight`` 1 (or no
+    linear part) it is the booster alone.
+    """
 
     kind: ModelKind
     encoder: FeatureEncoder
     booster: xgb.Booster | catboost.CatBoostClassifier
     calibrator: Calibrator
+    linear: Baseline | None = None
+    tree_weight: float = 1.0
+
+    def margin(self, frame: pd.DataFrame) -> np.ndarray:
+        """Log-odds of churn before calibration."""
+        tree = explain.tree_margin(
+            self.booster, explain.tree_data(self.booster, self.encoder, frame)
+        )
+        if not self.blended:
+            return tree
+        linear = explain.linear_parts(self.linear, frame).margin  # type: ignore[arg-type]
+        return self.tree_weight * tree + (1 - self.tree_weight) * linear
+
+    @property
+    def blended(self) -> bool:
+        return self.linear is not None and self.tree_weight < 1.0
 
     def raw_scores(self, frame: pd.DataFrame) -> np.ndarray:
-        if self.kind == "xgboost":
-            assert isinstance(self.booster, xgb.Booster)  # noqa: S101
-            return predict_xgboost(self.booster, self.encoder, frame)
-        assert isinstance(self.booster, catboost.CatBoostClassifier)  # noqa: S101
-        return predict_catboost(self.booster, self.encoder, frame)
+        return 1.0 / (1.0 + np.exp(-self.margin(frame)))
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated churn probabilities for rows holding the feature contract's columns."""
-        missing = [column for column in FEATURE_COLUMNS if column not in frame.columns]
-        if missing:
-            raise ValueError(f"the input lacks feature columns: {missing}")
+        _require_features(frame)
         return self.calibrator(self.raw_scores(frame))
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return explain.contributions(self.booster, self.encoder, frame)
+        """Per row and feature, the exact contribution to :meth:`margin`."""
+        scored = self.score(frame)
+        return pd.DataFrame(scored.contributions, columns=list(FEATURE_COLUMNS), index=frame.index)
+
+    def score(self, frame: pd.DataFrame, *, exact_from: float | None = None) -> Scored:
+        """Probabilities and reasons in one pass over the encodings.
+
+        Rows whose calibrated probability is at least ``exact_from`` get exact TreeSHAP
+        contributions; the others get the path approximation (see
+        :func:`explain.tree_contributions`). ``None`` explains every row exactly. The linear
+        part is always exact (it is cheap).
+        """
+        _require_features(frame)
+        data = explain.tree_data(self.booster, self.encoder, frame)
+        margin = explain.tree_margin(self.booster, data)
+        linear = explain.linear_parts(self.linear, frame) if self.blended else None
+        if linear is not None:
+            margin = self.tree_weight * margin + (1 - self.tree_weight) * linear.margin
+        probabilities = self.calibrator(1.0 / (1.0 + np.exp(-margin)))
+        exact = (
+            np.ones(len(frame), dtype=bool)
+            if exact_from is None
+            else np.asarray(probabilities >= exact_from)
+        )
+        contributions = _tree_contributions(self.booster, data, exact)
+        if linear is not None:
+            contributions = (
+                self.tree_weight * contributions + (1 - self.tree_weight) * linear.contributions
+            )
+        return Scored(probabilities=probabilities, contributions=contributions, exact=exact)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What :meth:`ChurnModel.score` returns, row-aligned with its input."""
+
+    probabilities: np.ndarray
+    contributions: np.ndarray  # rows x FEATURE_COLUMNS, log-odds
+    exact: np.ndarray  # whether the row's contributions are exact TreeSHAP
+
+
+def _tree_contributions(
+    booster: explain.TreeModel, data: explain.TreeData, exact: np.ndarray
+) -> np.ndarray:
+    if exact.all():
+        return explain.tree_contributions(booster, data)
+    values = explain.tree_contributions(booster, data, approximate=True)
+    rows = np.flatnonzero(exact)
+    if rows.size:
+        values[rows] = explain.tree_contributions(booster, explain.take_rows(data, rows))
+    return values
+
+
+def _require_features(frame: pd.DataFrame) -> None:
+    missing = [column for column in FEATURE_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"the input lacks feature columns: {missing}")
+
+
+def booster_margin(
+    booster: xgb.Booster | catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
+) -> np.ndarray:
+    """Either booster's log-odds of churn."""
+    return explain.tree_margin(booster, explain.tree_data(booster, encoder, frame))
 
 
 class ChurnPyfunc(mlflow.pyfunc.PythonModel):

@@ -1,5 +1,6 @@
 """One training run: baseline, both tuned families, the winner chosen on validation data,
-calibrated there, and checked against the baseline on the test split."""
+blended with the logistic model and calibrated there, and checked against the baseline on the
+test split."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import numpy as np
 import optuna
 
 from retention_pipelines.core.features import FeatureEncoder
-from retention_pipelines.core.model import ChurnModel
+from retention_pipelines.core.model import ChurnModel, booster_margin
 from retention_pipelines.core.training import (
+    Baseline,
     ModelKind,
     TrainingQualityError,
     TrainingSplit,
     TunedCandidate,
     TuningBudget,
     choose_calibrator,
+    choose_tree_weight,
     evaluate,
     fit_baseline,
     fit_catboost,
@@ -56,7 +59,7 @@ class TrainingResult:
         table: dict[str, dict[str, Any]] = {"baseline": self.baseline_test}
         for kind, candidate in self.candidates.items():
             table[kind] = candidate.test
-        table[f"{self.winner} (calibrated)"] = self.test
+        table[f"{self.winner} + linear, calibrated (chosen)"] = self.test
         return table
 
 
@@ -69,7 +72,8 @@ def train_churn_model(
     seed: int,
     baseline_tolerance: float,
 ) -> TrainingResult:
-    """Tune both families, pick the winner by validation ROC AUC, calibrate it on validation.
+    """Tune both families, pick the winner by validation ROC AUC, blend it with the logistic
+    model in log-odds and calibrate the blend, both on validation data.
 
     Raises :class:`TrainingQualityError` when the calibrated winner's test ROC AUC is below the
     logistic baseline's by more than ``baseline_tolerance``.
@@ -98,10 +102,11 @@ def train_churn_model(
         )
         logger.info("%s: validation %s", kind, candidates[kind].validation)
     winner: ModelKind = max(MODEL_KINDS, key=lambda kind: candidates[kind].validation["roc_auc"])
-    booster, validation_scores, test_scores = fitted[winner]
-    calibrator = choose_calibrator(validation_scores, labels_of(split.validation), seed=seed)
-    model = ChurnModel(kind=winner, encoder=encoder, booster=booster, calibrator=calibrator)
-    test = evaluate(labels_of(split.test), calibrator(test_scores))
+    model, validation_scores, test_scores = _blend_and_calibrate(
+        winner, fitted[winner][0], baseline, encoder, split, seed
+    )
+    logger.info("chosen: %s, tree weight %.2f", winner, model.tree_weight)
+    test = evaluate(labels_of(split.test), test_scores)
     shortfall = baseline_test["roc_auc"] - test["roc_auc"]
     if shortfall > baseline_tolerance:
         raise TrainingQualityError(
@@ -115,8 +120,38 @@ def train_churn_model(
         winner=winner,
         model=model,
         test=test,
-        validation=evaluate(labels_of(split.validation), calibrator(validation_scores)),
+        validation=evaluate(labels_of(split.validation), validation_scores),
         split_summary=split.summary(),
+    )
+
+
+def _blend_and_calibrate(
+    winner: ModelKind,
+    booster: Any,
+    baseline: Baseline,
+    encoder: FeatureEncoder,
+    split: TrainingSplit,
+    seed: int,
+) -> tuple[ChurnModel, np.ndarray, np.ndarray]:
+    """The winner blended with the logistic model and calibrated, both on validation data;
+    returns the model and its calibrated validation and test probabilities."""
+    labels = labels_of(split.validation)
+    tree_margin = booster_margin(booster, encoder, split.validation)
+    linear_margin = baseline.margin(split.validation)
+    tree_weight = choose_tree_weight(tree_margin, linear_margin, labels)
+    margin = tree_weight * tree_margin + (1 - tree_weight) * linear_margin
+    blended = ChurnModel(
+        kind=winner,
+        encoder=encoder,
+        booster=booster,
+        calibrator=choose_calibrator(1 / (1 + np.exp(-margin)), labels, seed=seed),
+        linear=baseline,
+        tree_weight=tree_weight,
+    )
+    return (
+        blended,
+        blended.predict_proba(split.validation),
+        blended.predict_proba(split.test),
     )
 
 

@@ -73,6 +73,7 @@ def _params(result: TrainingResult) -> dict[str, object]:
     params: dict[str, object] = {
         "winner": result.winner,
         "calibration": result.model.calibrator.method,
+        "tree_weight": result.model.tree_weight,
         "features": len(FEATURE_COLUMNS),
     }
     for kind, candidate in result.candidates.items():
@@ -117,7 +118,7 @@ def _artefacts(
 def _roc_plot(labels: np.ndarray, probabilities: np.ndarray, path: Path) -> Path:
     false_positive, true_positive, _ = roc_curve(labels, probabilities)
     figure, axis = plt.subplots(figsize=(5, 5))
-    axis.plot(false_positive, true_positive, label="calibrated winner")
+    axis.plot(false_positive, true_positive, label="chosen model (calibrated)")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey")
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test split")
     axis.legend()
@@ -201,8 +202,11 @@ def _model_card(
 {len(FEATURE_COLUMNS)} columns of `features.customer_features`: {", ".join(FEATURE_COLUMNS)}.
 
 ## Model
-{result.winner}, tuned by Optuna, calibrated ({result.model.calibrator.method}) on the
-validation split. Output: the probability that the customer churns.
+{result.winner}, tuned by Optuna, blended in log-odds with the logistic model (tree weight
+{result.model.tree_weight:.2f}, chosen on the validation split) and calibrated
+({result.model.calibrator.method}) on the validation split. Output: the probability that the
+customer churns. Reasons are exact contributions to the blended log-odds (TreeSHAP for the
+trees, coefficient times centred value for the linear part).
 
 ## Metrics on the test split
 {chr(10).join(rows)}

@@ -98,7 +98,7 @@ def replace_snapshot_partition(
     return summary
 
 
-def _copy_frame(
+def copy_frame(
     conn: psycopg.Connection, table: str, columns: list[str], frame: pd.DataFrame
 ) -> None:
     """COPY a frame in CSV form. Arrow's writer quotes every string, so an empty string stays
@@ -126,7 +126,7 @@ def _copy_valid(
     frame["snapshot_date"] = snapshot_date.isoformat()
     frame["source"] = source
     frame["source_row_number"] = valid.index.to_numpy()
-    _copy_frame(conn, "stage_snapshots", list(frame.columns), frame)
+    copy_frame(conn, "stage_snapshots", list(frame.columns), frame)
 
 
 def _copy_rejects(
@@ -144,7 +144,7 @@ def _copy_rejects(
             "reasons": [_pg_text_array(reasons) for reasons in rejects["reasons"]],
         }
     )
-    _copy_frame(conn, "stage_rejects", list(frame.columns), frame)
+    copy_frame(conn, "stage_rejects", list(frame.columns), frame)
 
 
 def _pg_text_array(values: list[str]) -> str:
