@@ -79,25 +79,33 @@ def main() -> None:
                 instance=instance,
             )
             for seed in seeds:
-                results[seed] = _train(resources, instance, seed)
-                _report(seed, *results[seed])
+                trained = _train(resources, instance, seed)
+                if trained is not None:
+                    results[seed] = trained
+                    _report(seed, *trained)
     finally:
         database.drop_database(server, warehouse_db)
         database.drop_database(server, mlflow_db)
-    if len(results) > 1:
-        _summary(results)
+    if len(seeds) > 1:
+        _summary(results, failed=len(seeds) - len(results))
 
 
 def _train(
     resources: dict[str, object], instance: dg.DagsterInstance, seed: int
-) -> tuple[float, TrainingResult]:
+) -> tuple[float, TrainingResult] | None:
     config = {"config": {"seed": seed}}
     started = time.perf_counter()
     result = defs.resolve_job_def("retrain_job").execute_in_process(
         resources=resources,
         instance=instance,
         run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
+        raise_on_error=False,
     )
+    if not result.success:
+        failure = next(event for event in result.all_events if event.is_step_failure)
+        error = failure.step_failure_data.error
+        print(f"\nseed {seed}: training failed: {error.message.strip() if error else failure}")
+        return None
     return time.perf_counter() - started, result.output_for_node("churn_model_candidates")
 
 
@@ -114,18 +122,21 @@ def _report(seed: int, seconds: float, training: TrainingResult) -> None:
               f"{metrics['top_decile_lift']:8.2f}")  # fmt: skip
 
 
-def _summary(results: dict[int, tuple[float, TrainingResult]]) -> None:
+def _summary(results: dict[int, tuple[float, TrainingResult]], failed: int) -> None:
     chosen = [training.test for _, training in results.values()]
     baseline = [training.baseline_test for _, training in results.values()]
     wins = sum(c["roc_auc"] > b["roc_auc"] for c, b in zip(chosen, baseline, strict=True))
     print(f"\nover {len(results)} split seeds {sorted(results)}:")
+    if not results:
+        return
     for name, rows in (("baseline", baseline), ("chosen", chosen)):
         aucs = [row["roc_auc"] for row in rows]
         briers = [row["brier"] for row in rows]
         print(f"{name:9s} ROC AUC mean {sum(aucs) / len(aucs):.4f} "
               f"(min {min(aucs):.4f}, max {max(aucs):.4f}), "
               f"Brier mean {sum(briers) / len(briers):.4f}")  # fmt: skip
-    print(f"chosen beats the baseline's test ROC AUC on {wins} of {len(results)} splits; "
+    print(f"{failed} split(s) failed the baseline check; of the others, the chosen model "
+          f"beats the baseline's test ROC AUC on {wins} of {len(results)}; "
           f"slowest run {max(seconds for seconds, _ in results.values()):.1f} s")  # fmt: skip
 
 

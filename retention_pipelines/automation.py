@@ -19,3 +19,22 @@ retrain_job = dg.define_asset_job(
     description="Tune and calibrate a churn model, register it as challenger, run the gate.",
     tags={"retention/stage": "training"},
 )
+
+# The night: ingest the day's landing file, rebuild its features, score every customer with
+# the champion, refresh what business users read.
+nightly_scoring_job = dg.define_asset_job(
+    name="nightly_scoring_job",
+    selection=dg.AssetSelection.groups("ingestion", "staging", "features", "scoring", "analytics"),
+    partitions_def=daily_partitions,
+    description="One snapshot date end to end: ingestion, features, scores, analytics views.",
+)
+
+# 02:00 in RETENTION_TIMEZONE, for that day's partition (today's landing file must have
+# arrived by then). Runs are keyed by partition, so a tick evaluated twice launches once.
+nightly_scoring_schedule = dg.build_schedule_from_partitioned_job(
+    nightly_scoring_job,
+    name="nightly_scoring_schedule",
+    hour_of_day=2,
+    minute_of_hour=0,
+    description="Every night at 02:00: the day's snapshot ingested, featurized and scored.",
+)

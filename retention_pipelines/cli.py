@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from retention_pipelines.core import database
@@ -22,6 +29,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from retention_pipelines.demo import DemoReport
+    from retention_pipelines.nightly import NightlyProgress
 
 app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
 db_app = typer.Typer(
@@ -100,7 +108,11 @@ def db_upgrade() -> None:
     applied = database.upgrade(url)
     for migration in applied:
         console.print(f"applied {migration.version:04d}_{migration.name}")
+    database.ensure_reader_role(
+        url, settings.reader_role, settings.reader_password.get_secret_value()
+    )
     console.print(f"database at migration {database.current_version(url)}")
+    console.print(f"read-only role {settings.reader_role}: reads the analytics schema only")
 
 
 @db_app.command("url")
@@ -180,6 +192,38 @@ def dagster_home() -> None:
     from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
 
     print(write_local_instance(get_settings(), prepared_database_url()))
+
+
+@app.command()
+def score(snapshot_date: DateOption = "") -> None:
+    """Run the nightly job for one date (ingestion, features, scores, analytics) through the
+    local Dagster instance, with a progress bar; the run shows in the UI afterwards."""
+    from retention_pipelines.nightly import run_nightly  # noqa: PLC0415
+
+    day = _parse_date(snapshot_date)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        steps = progress.add_task(f"nightly_scoring_job {day}", total=None)
+        scored = progress.add_task("customers scored", total=None, visible=False)
+
+        def on_progress(update: NightlyProgress) -> None:
+            progress.update(steps, description=update.describe(), completed=update.steps_done,
+                            total=update.steps_total)  # fmt: skip
+            if update.customers_total:
+                progress.update(scored, visible=True, completed=update.customers_scored,
+                                total=update.customers_total)  # fmt: skip
+
+        outcome = run_nightly(get_settings(), day, on_progress=on_progress)
+    if not outcome.success:
+        console.print(f"[red]run {outcome.run_id} failed[/red]: {outcome.error}")
+        raise typer.Exit(code=1)
+    console.print(f"run {outcome.run_id} scored {outcome.customers_scored:,} customers of {day}")
 
 
 @app.command()

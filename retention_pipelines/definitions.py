@@ -3,8 +3,13 @@
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from retention_pipelines.assets import features, ingestion, training
-from retention_pipelines.automation import daily_snapshot_job, retrain_job
+from retention_pipelines.assets import features, ingestion, scoring, training
+from retention_pipelines.automation import (
+    daily_snapshot_job,
+    nightly_scoring_job,
+    nightly_scoring_schedule,
+    retrain_job,
+)
 from retention_pipelines.resources import (
     LandingResource,
     MlflowResource,
@@ -13,8 +18,10 @@ from retention_pipelines.resources import (
 )
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([ingestion, features, training])],
-    jobs=[daily_snapshot_job, retrain_job],
+    assets=[*dg.load_assets_from_modules([ingestion, features, training, scoring])],
+    asset_checks=[*dg.load_asset_checks_from_modules([ingestion, features, training, scoring])],
+    jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
+    schedules=[nightly_scoring_schedule],
     resources={
         "warehouse": WarehouseResource(),
         "landing": LandingResource(),

@@ -30,7 +30,7 @@ _upgrade_lock = Lock()
 
 
 def prepared_database_url(database_url: str | None = None) -> str:
-    """The warehouse URL, with the migrations applied once per process before first use."""
+    """The warehouse URL, migrated and with its reader role ready, once per process."""
     settings = get_settings()
     url = database.resolve_database_url(
         database_url or settings.database_url, settings.embedded_pgdata
@@ -38,6 +38,9 @@ def prepared_database_url(database_url: str | None = None) -> str:
     with _upgrade_lock:
         if url not in _upgraded:
             database.upgrade(url)
+            database.ensure_reader_role(
+                url, settings.reader_role, settings.reader_password.get_secret_value()
+            )
             _upgraded.add(url)
     return url
 
@@ -54,7 +57,11 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def dbt_environment(self) -> Iterator[None]:
-        """Expose the connection to dbt's ``profiles.yml`` for the duration of a dbt command."""
+        """Expose the connection and the reader role to dbt for the duration of a dbt command.
+
+        ``profiles.yml`` reads the connection; ``dbt_project.yml`` grants the analytics views
+        to the role.
+        """
         parts = database.connection_parts(self.url())
         values = {
             "RETENTION_DBT_HOST": parts.host,
@@ -62,6 +69,7 @@ class WarehouseResource(dg.ConfigurableResource):
             "RETENTION_DBT_USER": parts.user,
             "RETENTION_DBT_PASSWORD": parts.password,
             "RETENTION_DBT_DBNAME": parts.dbname,
+            "RETENTION_DBT_READER_ROLE": get_settings().reader_role,
         }
         previous = {name: os.environ.get(name) for name in values}
         os.environ.update(values)

@@ -72,7 +72,9 @@ class RetentionSettings(BaseSettings):
         default=120.0, description="Time limit of the CatBoost study."
     )
     baseline_tolerance: float = Field(
-        default=0.0, description="How far (ROC AUC) the winner may trail the logistic baseline."
+        default=0.005,
+        ge=0,
+        description="How far (ROC AUC) the chosen model may trail the logistic baseline.",
     )
     gate_auc_tolerance: float = Field(
         default=0.005,
@@ -100,6 +102,7 @@ class RetentionSettings(BaseSettings):
     )
     reader_role: str = Field(
         default="retention_reader",
+        pattern=r"^[a-z_][a-z0-9_]*$",
         description="Read-only Postgres role of business users: reads analytics, nothing else.",
     )
     reader_password: SecretStr = Field(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from retention_pipelines.assets import features
 from retention_pipelines.definitions import defs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,9 @@ def test_the_asset_graph_runs_from_landing_file_to_champion_model() -> None:
         "churn_model_candidates",
         "registered_churn_model",
         "champion_model",
+        "churn_risk_scores",
+        "customer_risk_latest",
+        "risk_band_summary",
     }
     assert graph.get(dg.AssetKey("training_set")).parent_keys == {dg.AssetKey("customer_features")}
     assert graph.get(dg.AssetKey("champion_model")).parent_keys == {
@@ -33,6 +37,27 @@ def test_the_asset_graph_runs_from_landing_file_to_champion_model() -> None:
         dg.AssetKey("raw_customer_snapshot")
     }
     assert graph.get(dg.AssetKey("customer_features")).parent_keys == {dg.AssetKey("stg_customers")}
+    assert graph.get(dg.AssetKey("customer_risk_latest")).parent_keys == {
+        dg.AssetKey("churn_risk_scores"),
+        dg.AssetKey("customer_features"),
+    }
+    assert graph.get(dg.AssetKey("risk_band_summary")).parent_keys == {
+        dg.AssetKey("churn_risk_scores")
+    }
+
+
+def test_the_analytics_views_are_their_own_dbt_assets_in_the_analytics_group() -> None:
+    graph = defs.resolve_asset_graph()
+    analytics = {dg.AssetKey("customer_risk_latest"), dg.AssetKey("risk_band_summary")}
+    assert {
+        key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "analytics"
+    } == analytics
+    assert features.retention_dbt_analytics.keys == analytics
+    assert not analytics & features.retention_dbt_models.keys
+    assert (
+        features.retention_dbt_analytics.partitions_def
+        == features.retention_dbt_models.partitions_def
+    )
 
 
 def test_ingestion_checks_block_and_dbt_tests_appear_as_checks() -> None:
@@ -65,9 +90,13 @@ def test_dagster_validates_the_workspace_from_the_command_line(tmp_path: Path) -
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
-def test_the_jobs_are_the_daily_snapshot_and_retraining() -> None:
+def test_the_jobs_are_the_daily_snapshot_the_night_and_retraining() -> None:
     jobs = {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
-    assert jobs == {"daily_snapshot_job", "retrain_job"}
+    assert jobs == {"daily_snapshot_job", "nightly_scoring_job", "retrain_job"}
+    nightly = defs.resolve_job_def("nightly_scoring_job")
+    assert {"raw_customer_snapshot", "churn_risk_scores"} <= {
+        key.path[-1] for key in nightly.asset_layer.executable_asset_keys
+    }
     retrain = defs.resolve_job_def("retrain_job")
     assert {node.name for node in retrain.nodes} == {
         "training_set",

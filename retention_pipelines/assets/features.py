@@ -1,4 +1,6 @@
-"""The dbt models (``stg_customers``, ``customer_features``) as Dagster assets.
+"""The dbt models as Dagster assets, in two sets: the feature tables (``stg_customers``,
+``customer_features``) and the analytics views business users read (``customer_risk_latest``,
+``risk_band_summary``), which also wait for the nightly scores.
 
 Each partition run builds its snapshot date only: the date goes to dbt as the var
 ``snapshot_date`` and ``customer_features`` is incremental (delete+insert on that date).
@@ -13,7 +15,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from retention_pipelines.assets.partitions import daily_partitions
+from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.resources import WarehouseResource, dbt_executable
 from retention_pipelines.settings import get_settings
 
@@ -63,16 +65,36 @@ def dbt_build_args(partition_key: str) -> list[str]:
     return ["build", "--vars", json.dumps({"snapshot_date": partition_key})]
 
 
+ANALYTICS_MODELS = "path:models/analytics"
+
+
 @dbt_assets(
     manifest=retention_dbt_project.manifest_path,
     project=retention_dbt_project,
+    exclude=ANALYTICS_MODELS,
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=one_partition_per_run,
     dagster_dbt_translator=RetentionDbtTranslator(),
 )
 def retention_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
     """Staging and feature tables for the partition's snapshot date, built and tested by dbt."""
+    with warehouse.dbt_environment():
+        yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()
+
+
+@dbt_assets(
+    manifest=retention_dbt_project.manifest_path,
+    project=retention_dbt_project,
+    select=ANALYTICS_MODELS,
+    partitions_def=daily_partitions,
+    backfill_policy=one_partition_per_run,
+    dagster_dbt_translator=RetentionDbtTranslator(),
+)
+def retention_dbt_analytics(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+) -> Iterator[Any]:
+    """The analytics views over the scores, built, granted to the reader role and tested."""
     with warehouse.dbt_environment():
         yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()

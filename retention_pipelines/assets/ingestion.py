@@ -4,7 +4,7 @@ from datetime import date
 
 import dagster as dg
 
-from retention_pipelines.assets.partitions import daily_partitions
+from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
 from retention_pipelines.core.warehouse import (
     IngestionSummary,
@@ -21,7 +21,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=one_partition_per_run,
     group_name="ingestion",
     kinds={"postgres", "pandas"},
     check_specs=[

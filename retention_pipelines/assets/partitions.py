@@ -10,3 +10,6 @@ daily_partitions = dg.DailyPartitionsDefinition(
     timezone=get_settings().timezone,
     end_offset=1,
 )
+
+# Each date is its own run: a backfill's partitions succeed, fail and retry independently.
+one_partition_per_run = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)

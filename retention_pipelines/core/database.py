@@ -227,3 +227,84 @@ def current_version(url: str) -> int:
             return 0
         row = conn.execute(f"select coalesce(max(version), 0) from {MIGRATIONS_TABLE}").fetchone()
         return int(row[0]) if row else 0
+
+
+# Serialises reader-role setup. Taken in the server's `postgres` database for the role itself
+# (roles are cluster-wide, advisory locks are per database) and in the warehouse for its grants.
+READER_ROLE_LOCK_KEY = 0x52454144
+# The schemas the reader must never see, whatever was granted before.
+PRIVATE_SCHEMAS = ("raw", "staging", "features", "ml", "monitoring")
+# dbt writes `grant select ... to <role>` unquoted, so the name must need no quoting.
+_PLAIN_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_READER_GRANTS = (
+    "grant connect on database {database} to {role}",
+    "grant usage on schema analytics to {role}",
+    "grant select on all tables in schema analytics to {role}",
+    # For objects the current user (the one dbt connects as) creates later: new dbt views.
+    "alter default privileges in schema analytics grant select on tables to {role}",
+)
+
+
+def ensure_reader_role(url: str, role: str, password: str) -> None:
+    """Let ``role`` log in with ``password`` and read the ``analytics`` schema, and nothing else.
+
+    Business users connect as this role. Its sessions are read-only by default
+    (``default_transaction_read_only``) and it holds SELECT on the analytics views only: the
+    privileges, not the setting, stop a user who turns read-only off. Views dbt creates later
+    are readable too, through default privileges of the user running this (the one dbt
+    connects as). Idempotent and safe with concurrent callers, on one database or on several
+    databases of the same server (roles are shared by all of them).
+    """
+    if not _PLAIN_ROLE_NAME.match(role):
+        raise ValueError(
+            f"reader role {role!r} must be a lowercase Postgres identifier "
+            "(letters, digits, underscores): dbt grants it unquoted"
+        )
+    _ensure_login_role(url, role, password)
+    _grant_analytics_only(url, role)
+
+
+def _ensure_login_role(url: str, role: str, password: str) -> None:
+    """Create the role if missing, set its password and make its sessions read-only."""
+    name = sql.Identifier(role)
+    with psycopg.connect(with_database(url, "postgres")) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
+        found = conn.execute(
+            "select rolsuper or rolcreaterole or rolcreatedb or rolreplication or rolbypassrls,"
+            " exists (select 1 from pg_auth_members where member = pg_roles.oid)"
+            " from pg_roles where rolname = %s",
+            (role,),
+        ).fetchone()
+        if found is None:
+            conn.execute(sql.SQL("create role {} nosuperuser nocreatedb nocreaterole").format(name))
+        elif any(found):
+            raise RuntimeError(
+                f"the role {role!r} exists with attributes or role memberships a read-only "
+                "reader must not have: choose another RETENTION_READER_ROLE"
+            )
+        # Hashed here (SCRAM, as the server asks), so no clear-text password reaches its logs.
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode()).decode()
+        conn.execute(
+            sql.SQL("alter role {} with login password {}").format(name, sql.Literal(verifier))
+        )
+        conn.execute(sql.SQL("alter role {} set default_transaction_read_only = on").format(name))
+
+
+def _grant_analytics_only(url: str, role: str) -> None:
+    """SELECT on analytics (now and later), CONNECT on this database; nothing on the rest."""
+    name = sql.Identifier(role)
+    with psycopg.connect(url) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
+        row = conn.execute("select current_database()").fetchone()
+        database = sql.Identifier(row[0] if row else "")
+        for statement in _READER_GRANTS:
+            conn.execute(sql.SQL(statement).format(database=database, role=name))
+        private = conn.execute(
+            "select nspname from pg_namespace where nspname = any(%s)", (list(PRIVATE_SCHEMAS),)
+        ).fetchall()
+        for (schema,) in private:
+            for statement in (
+                "revoke all on all tables in schema {schema} from {role}",
+                "revoke all on schema {schema} from {role}",
+            ):
+                conn.execute(sql.SQL(statement).format(schema=sql.Identifier(schema), role=name))
