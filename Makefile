@@ -36,8 +36,8 @@ dev: install ## Serve the Dagster UI (webserver and daemon) on the local instanc
 mlflow: install ## MLflow UI on :5000 over the platform's registry (backend store in Postgres)
 	$(RUN) mlflow ui --port 5000 --backend-store-uri "$$($(RUN) retention model tracking-uri)"
 
-test: install ## Run the whole test suite against real Postgres and real dbt
-	$(RUN) pytest
+test: install ## Run the whole test suite against real Postgres and real dbt (PYTEST_ARGS=… narrows it)
+	$(RUN) pytest $(PYTEST_ARGS)
 
 lint: install ## ruff lint and format check
 	$(RUN) ruff check .

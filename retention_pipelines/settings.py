@@ -69,7 +69,7 @@ class RetentionSettings(BaseSettings):
     xgboost_timeout_s: float = Field(default=90.0, description="Time limit of the XGBoost study.")
     catboost_trials: int = Field(default=12, description="Optuna trials for CatBoost.")
     catboost_timeout_s: float = Field(
-        default=120.0, description="Time limit of the CatBoost study."
+        default=180.0, description="Time limit of the CatBoost study."
     )
     baseline_tolerance: float = Field(
         default=0.005,

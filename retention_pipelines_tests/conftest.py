@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+import psycopg
 import pytest
 
 TELCO_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "telco_customer_churn.csv"
@@ -123,3 +125,11 @@ def telco_warehouse(module_database_url: str, telco_csv: Path, tmp_path_factory)
             check=True,
         )  # fmt: skip
     return module_database_url
+
+
+@pytest.fixture(scope="module")
+def telco_features(telco_warehouse: str) -> pd.DataFrame:
+    """The Telco snapshot's rows of ``features.customer_features``, in customer id order."""
+    with psycopg.connect(telco_warehouse) as conn:
+        cursor = conn.execute("select * from features.customer_features order by customer_id")
+        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])

@@ -23,7 +23,7 @@ from retention_pipelines.settings import get_settings
 
 from .conftest import TELCO_DAY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 DAY_1, DAY_2 = date.fromisoformat(TELCO_DAY), date(2026, 1, 16)
 # (snapshot date, customer index, probability, band, model version). Customers 0..2 are scored
 # on both days (0 rises to the top, 1 falls to low), 3 and 4 on the first day only.

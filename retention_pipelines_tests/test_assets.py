@@ -15,7 +15,7 @@ from retention_pipelines.core.ingestion import landing_file_name
 from retention_pipelines.resources import LandingResource, WarehouseResource, dbt_executable
 from retention_pipelines_tests.landing_files import customer, write_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 DAY = "2026-01-15"
 
 

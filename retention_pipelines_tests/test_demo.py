@@ -12,7 +12,7 @@ from retention_pipelines.core import database
 from retention_pipelines.demo import run_demo
 from retention_pipelines.settings import get_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 
 @pytest.fixture

@@ -25,10 +25,8 @@ SCORED_AT = datetime(2026, 1, 16, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def features(telco_warehouse: str) -> pd.DataFrame:
-    with psycopg.connect(telco_warehouse) as conn:
-        cursor = conn.execute("select * from features.customer_features order by customer_id")
-        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
+def features(telco_features: pd.DataFrame) -> pd.DataFrame:
+    return telco_features
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import uuid
 import numpy as np
 import optuna
 import pandas as pd
-import psycopg
 import pytest
 import xgboost as xgb
 
@@ -23,13 +22,6 @@ from retention_pipelines.core.model import ChurnModel, booster_margin
 
 pytestmark = pytest.mark.slow
 SEED = 7
-
-
-@pytest.fixture(scope="module")
-def telco_features(telco_warehouse: str) -> pd.DataFrame:
-    with psycopg.connect(telco_warehouse) as conn:
-        cursor = conn.execute("select * from features.customer_features")
-        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
 
 
 @pytest.fixture(scope="module")

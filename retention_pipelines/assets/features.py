@@ -66,35 +66,34 @@ def dbt_build_args(partition_key: str) -> list[str]:
 
 
 ANALYTICS_MODELS = "path:models/analytics"
+# Both model sets: one run per date, the date's partition built and tested.
+_DBT_ASSETS = {
+    "manifest": retention_dbt_project.manifest_path,
+    "project": retention_dbt_project,
+    "partitions_def": daily_partitions,
+    "backfill_policy": one_partition_per_run,
+    "dagster_dbt_translator": RetentionDbtTranslator(),
+}
 
 
-@dbt_assets(
-    manifest=retention_dbt_project.manifest_path,
-    project=retention_dbt_project,
-    exclude=ANALYTICS_MODELS,
-    partitions_def=daily_partitions,
-    backfill_policy=one_partition_per_run,
-    dagster_dbt_translator=RetentionDbtTranslator(),
-)
+def _build_partition(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+) -> Iterator[Any]:
+    with warehouse.dbt_environment():
+        yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()
+
+
+@dbt_assets(exclude=ANALYTICS_MODELS, **_DBT_ASSETS)
 def retention_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
     """Staging and feature tables for the partition's snapshot date, built and tested by dbt."""
-    with warehouse.dbt_environment():
-        yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()
+    yield from _build_partition(context, dbt, warehouse)
 
 
-@dbt_assets(
-    manifest=retention_dbt_project.manifest_path,
-    project=retention_dbt_project,
-    select=ANALYTICS_MODELS,
-    partitions_def=daily_partitions,
-    backfill_policy=one_partition_per_run,
-    dagster_dbt_translator=RetentionDbtTranslator(),
-)
+@dbt_assets(select=ANALYTICS_MODELS, **_DBT_ASSETS)
 def retention_dbt_analytics(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
     """The analytics views over the scores, built, granted to the reader role and tested."""
-    with warehouse.dbt_environment():
-        yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()
+    yield from _build_partition(context, dbt, warehouse)

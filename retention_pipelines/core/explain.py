@@ -72,9 +72,16 @@ TreeData = xgb.DMatrix | catboost.Pool
 
 def tree_data(model: TreeModel, encoder: FeatureEncoder, frame: pd.DataFrame) -> TreeData:
     """The booster's own input structure, built once and used for margins and contributions."""
+    return tree_data_from(model, encoder.tree_input(frame))
+
+
+def tree_data_from(model: TreeModel, tree: pd.DataFrame) -> TreeData:
+    """:func:`tree_data` from an already encoded :meth:`FeatureEncoder.tree_input`."""
     if isinstance(model, xgb.Booster):
-        return xgb.DMatrix(encoder.tree_input(frame), enable_categorical=True)
-    return catboost.Pool(encoder.catboost_input(frame), cat_features=list(CATEGORICAL_FEATURES))
+        return xgb.DMatrix(tree, enable_categorical=True)
+    return catboost.Pool(
+        FeatureEncoder.catboost_from_tree(tree), cat_features=list(CATEGORICAL_FEATURES)
+    )
 
 
 def tree_margin(model: TreeModel, data: TreeData) -> np.ndarray:
@@ -134,22 +141,22 @@ class LinearParts:
     contributions: np.ndarray
 
 
-def linear_parts(baseline: Baseline, frame: pd.DataFrame) -> LinearParts:
+def linear_parts(
+    baseline: Baseline, frame: pd.DataFrame, tree: pd.DataFrame | None = None
+) -> LinearParts:
     """``coefficient * (value - training mean)`` per design column, one-hot levels summed back
-    to their contract column; the margin is the model's own log-odds."""
-    means = baseline.design_means
-    design = (
-        baseline.encoder.linear_frame(frame)
-        .reindex(columns=means.index, fill_value=0.0)
-        .to_numpy(dtype=float)
-    )
+    to their contract column; the margin is the model's own log-odds. ``tree``, when given,
+    is the frame's :meth:`FeatureEncoder.tree_input`, so it is not encoded twice."""
+    encoder = baseline.encoder
+    design = encoder.linear_matrix(encoder.tree_input(frame) if tree is None else tree)
+    columns = baseline.design_means.index
     coefficients = baseline.model.coef_[0]
     margin = design @ coefficients + float(baseline.model.intercept_[0])
-    grouping = np.zeros((len(means.index), len(FEATURE_COLUMNS)))
+    grouping = np.zeros((len(columns), len(FEATURE_COLUMNS)))
     position = {feature: index for index, feature in enumerate(FEATURE_COLUMNS)}
-    for row, column in enumerate(means.index):
+    for row, column in enumerate(columns):
         grouping[row, position[linear_feature(column)]] = 1.0
-    centred = (design - means.to_numpy(dtype=float)) * coefficients
+    centred = (design - baseline.design_means.to_numpy(dtype=float)) * coefficients
     return LinearParts(margin=margin, contributions=centred @ grouping)
 
 

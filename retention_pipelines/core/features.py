@@ -89,44 +89,62 @@ class FeatureEncoder:
         encoded = pd.DataFrame(index=frame.index)
         for column in CATEGORICAL_FEATURES:
             levels = [*self.categories[column], UNKNOWN]
-            values = frame[column].astype("object").where(frame[column].notna(), UNKNOWN)
-            values = values.map(
-                lambda value, known=set(levels): value if value in known else UNKNOWN
-            )
-            encoded[column] = pd.Categorical(values, categories=levels)
-        for column in BOOLEAN_FEATURES:
-            encoded[column] = _as_float(frame[column])
-        for column in NUMERIC_FEATURES:
+            # A value outside the levels (or missing) becomes NaN here, then the unknown level.
+            values = pd.Categorical(frame[column].astype("object"), categories=levels)
+            encoded[column] = values.fillna(UNKNOWN)
+        for column in (*BOOLEAN_FEATURES, *NUMERIC_FEATURES):
             encoded[column] = _as_float(frame[column])
         return encoded
 
     def catboost_input(self, frame: pd.DataFrame) -> pd.DataFrame:
         """CatBoost takes categorical columns as strings."""
-        encoded = self.tree_input(frame)
+        return self.catboost_from_tree(self.tree_input(frame))
+
+    @staticmethod
+    def catboost_from_tree(tree: pd.DataFrame) -> pd.DataFrame:
+        encoded = tree.copy()
         for column in CATEGORICAL_FEATURES:
             encoded[column] = encoded[column].astype(str)
         return encoded
 
     def linear_input(self, frame: pd.DataFrame) -> np.ndarray:
         """The logistic model's design matrix (see :meth:`linear_frame`)."""
-        return self.linear_frame(frame).to_numpy(dtype=float)
+        return self.linear_matrix(self.tree_input(frame))
+
+    def linear_columns(self) -> list[str]:
+        """Names of the design matrix's columns: ``contract=Two year``, flags, numbers."""
+        return [
+            *(
+                f"{column}{LEVEL_SEPARATOR}{level}"
+                for column in CATEGORICAL_FEATURES
+                for level in (*self.categories[column], UNKNOWN)
+            ),
+            *BOOLEAN_FEATURES,
+            *NUMERIC_FEATURES,
+        ]
 
     def linear_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One-hot categoricals (``contract=Two year``), flags, and standardized numbers with
         missing values at the training median. :func:`linear_feature` maps a column back."""
-        tree = self.tree_input(frame)
-        parts = [
-            pd.get_dummies(tree[column], prefix=column, prefix_sep=LEVEL_SEPARATOR, dtype=float)
+        return pd.DataFrame(
+            self.linear_matrix(self.tree_input(frame)),
+            columns=self.linear_columns(),
+            index=frame.index,
+        )
+
+    def linear_matrix(self, tree: pd.DataFrame) -> np.ndarray:
+        """:meth:`linear_frame` as a plain matrix, from an already encoded :meth:`tree_input`."""
+        blocks = [
+            np.eye(len(tree[column].cat.categories))[tree[column].cat.codes.to_numpy()]
             for column in CATEGORICAL_FEATURES
         ]
-        parts.append(tree[list(BOOLEAN_FEATURES)].fillna(0.0))
-        numeric = pd.DataFrame(index=tree.index)
-        for column in NUMERIC_FEATURES:
-            mean, scale = self.numeric_scales[column]
-            filled = tree[column].fillna(self.numeric_medians[column])
-            numeric[column] = (filled - mean) / scale
-        parts.append(numeric)
-        return pd.concat(parts, axis=1)
+        blocks.append(np.nan_to_num(tree[list(BOOLEAN_FEATURES)].to_numpy(dtype=float)))
+        numeric = tree[list(NUMERIC_FEATURES)].to_numpy(dtype=float)
+        medians = np.array([self.numeric_medians[column] for column in NUMERIC_FEATURES])
+        means, scales = np.array([self.numeric_scales[column] for column in NUMERIC_FEATURES]).T
+        numeric = np.where(np.isnan(numeric), medians, numeric)
+        blocks.append((numeric - means) / scales)
+        return np.hstack(blocks)
 
 
 def linear_feature(design_column: str) -> str:
@@ -136,6 +154,10 @@ def linear_feature(design_column: str) -> str:
 
 
 def _as_float(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return pd.Series(
+            values.to_numpy(dtype=float, na_value=np.nan), index=values.index, dtype=float
+        )
     return pd.to_numeric(
         values.astype("object").where(values.notna(), np.nan), errors="coerce"
     ).astype(float)

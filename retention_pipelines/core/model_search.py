@@ -93,7 +93,9 @@ def train_churn_model(
             budget=budgets[kind],
             seed=seed,
         )
-        booster, validation_scores, test_scores = _refit(kind, tuned.params, encoder, split, seed)
+        booster, validation_scores, test_scores = refit_candidate(
+            kind, tuned.params, encoder, split, seed
+        )
         fitted[kind] = (booster, validation_scores, test_scores)
         candidates[kind] = CandidateResult(
             tuned=tuned,
@@ -102,7 +104,7 @@ def train_churn_model(
         )
         logger.info("%s: validation %s", kind, candidates[kind].validation)
     winner: ModelKind = max(MODEL_KINDS, key=lambda kind: candidates[kind].validation["roc_auc"])
-    model, validation_scores, test_scores = _blend_and_calibrate(
+    model, validation_scores, test_scores = blend_and_calibrate(
         winner, fitted[winner][0], baseline, encoder, split, seed
     )
     logger.info("chosen: %s, tree weight %.2f", winner, model.tree_weight)
@@ -125,7 +127,7 @@ def train_churn_model(
     )
 
 
-def _blend_and_calibrate(
+def blend_and_calibrate(
     winner: ModelKind,
     booster: Any,
     baseline: Baseline,
@@ -155,7 +157,7 @@ def _blend_and_calibrate(
     )
 
 
-def _refit(
+def refit_candidate(
     kind: ModelKind,
     params: dict[str, Any],
     encoder: FeatureEncoder,

@@ -14,8 +14,10 @@ would refuse a duplicate anyway).
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Final
 
@@ -28,7 +30,7 @@ from psycopg import sql
 
 from retention_pipelines.core.explain import describe
 from retention_pipelines.core.features import FEATURE_COLUMNS, NUMERIC_FEATURES, feature_frame
-from retention_pipelines.core.model import ChurnModel
+from retention_pipelines.core.model import ChurnModel, Scored
 from retention_pipelines.core.warehouse import copy_frame
 
 SCORES_TABLE: Final = "ml.churn_risk_scores"
@@ -72,6 +74,21 @@ class RiskBands:
         )
 
 
+@dataclass
+class StageTimes:
+    """Seconds spent per stage of a scoring run, summed over its chunks."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """The model a run scores with, resolved once at its start."""
@@ -94,47 +111,45 @@ def count_features(url: str, snapshot_date: date) -> int:
 
 
 def read_feature_chunks(url: str, snapshot_date: date, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The date's feature rows, ``chunk_rows`` at a time, in customer id order.
+    """The date's feature rows, ``chunk_rows`` at a time.
 
-    Each chunk is one keyset page (``customer_id > last``) copied out as CSV and parsed by
-    Arrow: no chunk depends on the previous one's memory, and no page rescans the others.
+    One COPY streams the date out as CSV; the stream is cut at line ends into chunks that
+    Arrow parses. No value of the feature contract can hold a line break (ids match the
+    ingestion pattern, the rest are validated categories, flags and numbers), so a line is a
+    row; a chunk that parses to another row count fails loudly rather than misread.
     """
     columns = ["customer_id", *FEATURE_COLUMNS]
-    column_list = ", ".join(columns)
-    last: str | None = None
-    with psycopg.connect(url) as conn:
-        while True:
-            query = (
-                f"copy (select {column_list} from {FEATURES_TABLE}"
-                " where snapshot_date = {date} and ({last} is null or customer_id > {last})"
-                f" order by customer_id limit {int(chunk_rows)}) to stdout with (format csv)"
-            )
-            buffer = io.BytesIO()
-            with conn.cursor().copy(
-                sql.SQL(query).format(  # type: ignore[arg-type]  # our own query text
-                    date=sql.Literal(snapshot_date),
-                    last=sql.Literal(last),
-                )
-            ) as copy:
-                for block in copy:
-                    buffer.write(block)
-            if buffer.tell() == 0:
-                return
-            buffer.seek(0)
-            chunk = _parse_features_csv(buffer, columns)
-            yield chunk
-            if len(chunk) < chunk_rows:
-                return
-            last = str(chunk["customer_id"].iloc[-1])
+    query = sql.SQL(
+        "copy (select {columns} from features.customer_features where snapshot_date = {day})"
+        " to stdout with (format csv)"
+    ).format(
+        columns=sql.SQL(", ").join(sql.Identifier(column) for column in columns),
+        day=sql.Literal(snapshot_date),
+    )
+    pending, lines = bytearray(), 0
+    with psycopg.connect(url) as conn, conn.cursor().copy(query) as copy:
+        for block in copy:
+            pending += block
+            lines += bytes(block).count(b"\n")
+            if lines < chunk_rows:
+                continue
+            ends = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == ord("\n"))
+            while lines >= chunk_rows:
+                cut = int(ends[chunk_rows - 1]) + 1
+                yield _parse_features_csv(bytes(pending[:cut]), columns, chunk_rows)
+                del pending[:cut]
+                ends = ends[chunk_rows:] - cut
+                lines -= chunk_rows
+    if pending:
+        yield _parse_features_csv(bytes(pending), columns, lines)
 
 
-def _parse_features_csv(buffer: io.BytesIO, columns: list[str]) -> pd.DataFrame:
+def _parse_features_csv(data: bytes, columns: list[str], rows: int) -> pd.DataFrame:
     types = {column: pa.float64() for column in NUMERIC_FEATURES}
     types["customer_id"] = pa.string()
     table = pa_csv.read_csv(
-        buffer,
+        io.BytesIO(data),
         read_options=pa_csv.ReadOptions(column_names=columns),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types=types,
             strings_can_be_null=True,
@@ -143,6 +158,8 @@ def _parse_features_csv(buffer: io.BytesIO, columns: list[str]) -> pd.DataFrame:
             false_values=["f"],
         ),
     )
+    if table.num_rows != rows:
+        raise ValueError(f"a chunk of {rows} lines parsed to {table.num_rows} feature rows")
     return table.to_pandas()
 
 
@@ -156,12 +173,28 @@ def score_chunk(
     snapshot_date: date,
     bands: RiskBands,
     scored_at: datetime,
+    times: StageTimes | None = None,
 ) -> pd.DataFrame:
     """Score rows of the feature contract: probability, band and the three reasons that push
     each customer's risk up most (exact TreeSHAP for the high band, see
     :meth:`ChurnModel.score`)."""
-    features = feature_frame(frame)
-    scored = model.model.score(features, exact_from=bands.high)
+    times = times or StageTimes()
+    with times.stage("predict_and_explain"):
+        features = feature_frame(frame)
+        scored = model.model.score(features, exact_from=bands.high)
+    with times.stage("reasons"):
+        return _score_rows(model, frame, features, scored, snapshot_date, bands, scored_at)
+
+
+def _score_rows(
+    model: ModelRef,
+    frame: pd.DataFrame,
+    features: pd.DataFrame,
+    scored: Scored,
+    snapshot_date: date,
+    bands: RiskBands,
+    scored_at: datetime,
+) -> pd.DataFrame:
     picks = _top_features(scored.contributions, REASONS)
     out = pd.DataFrame(
         {
@@ -249,15 +282,30 @@ def score_partition(
     scored_at: datetime,
     on_chunk: Callable[[int], None] | None = None,
     before_commit: Callable[[psycopg.Connection], None] | None = None,
+    times: StageTimes | None = None,
 ) -> int:
-    """Read, score, explain and write one snapshot date, a chunk at a time."""
-    scored = (
-        score_chunk(model, chunk, snapshot_date=snapshot_date, bands=bands, scored_at=scored_at)
-        for chunk in read_feature_chunks(url, snapshot_date, chunk_rows)
+    """Read, score, explain and write one snapshot date, a chunk at a time. ``times``, when
+    given, receives the seconds per stage (read, predict_and_explain, reasons, write)."""
+    times = times if times is not None else StageTimes()
+
+    def scored_chunks() -> Iterator[pd.DataFrame]:
+        reader = read_feature_chunks(url, snapshot_date, chunk_rows)
+        while True:
+            with times.stage("read"):
+                chunk = next(reader, None)
+            if chunk is None:
+                return
+            yield score_chunk(
+                model, chunk, snapshot_date=snapshot_date, bands=bands, scored_at=scored_at,
+                times=times,
+            )  # fmt: skip
+
+    started = time.perf_counter()
+    written = replace_scores(
+        url, snapshot_date, scored_chunks(), on_chunk=on_chunk, before_commit=before_commit
     )
-    return replace_scores(
-        url, snapshot_date, scored, on_chunk=on_chunk, before_commit=before_commit
-    )
+    times.seconds["write"] = time.perf_counter() - started - sum(times.seconds.values())
+    return written
 
 
 # --- What a run leaves for people and for its checks. ---

@@ -251,10 +251,13 @@ def margin_xgboost(
 
 
 def _catboost_params(trial: optuna.Trial, seed: int) -> dict[str, Any]:
+    # Nightly scoring explains every CatBoost row exactly, at a cost that grows with the tree
+    # count: at most 400 trees (a faster learning rate makes up for it) and depth 6 keep a
+    # million customers within the scoring budget.
     return {
-        "iterations": trial.suggest_int("iterations", 200, 800, step=100),
-        "depth": trial.suggest_int("depth", 3, 7),
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        "iterations": trial.suggest_int("iterations", 100, 400, step=50),
+        "depth": trial.suggest_int("depth", 3, 6),
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
         "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 20.0, log=True),
         "random_seed": seed,
     }

@@ -1,0 +1,370 @@
+"""Nightly scoring speed and memory, against a naive pipeline, for both model families.
+
+    uv run python benchmarks/scoring.py [--customers 100000 1000000] [--baseline-rows 100000]
+
+In a throwaway database on the platform's Postgres it generates a labelled training snapshot
+and one unlabelled snapshot per size (``retention generate``), ingests them and builds their
+features through the real assets, trains a champion with a small budget (``retrain_job``),
+and fits the other model family the same way. Then, each in a fresh process so that its
+peak RSS is its own, it times:
+
+- the scoring core (read features, predict, explain, reasons, write) for every size and both
+  families, with seconds per stage;
+- on the smallest size, the naive pipeline: ``pd.read_sql``, ``predict_proba``,
+  ``shap.TreeExplainer(...).shap_values`` and ``DataFrame.to_sql``;
+- how often the path approximation used for medium and low risk customers names the same
+  top reason as exact TreeSHAP (the high band always gets exact TreeSHAP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retention_pipelines.core import database, registry, scoring
+from retention_pipelines.core.features import feature_frame
+from retention_pipelines.core.model import ChurnModel
+from retention_pipelines.core.model_search import (
+    MODEL_KINDS,
+    TrainingResult,
+    blend_and_calibrate,
+    refit_candidate,
+)
+from retention_pipelines.core.training import TrainingSplit
+from retention_pipelines.datagen import write_landing_csv
+from retention_pipelines.settings import get_settings
+
+# The children measure scoring alone: Dagster, dbt and MLflow are imported by the parent only.
+
+TRAIN_DAY = "2026-03-31"
+SMALL_BUDGET = {
+    "xgboost_trials": 10,
+    "xgboost_timeout_s": 60,
+    "catboost_trials": 3,
+    "catboost_timeout_s": 90,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--baseline-rows", type=int, default=100_000)
+    parser.add_argument("--train-customers", type=int, default=20_000)
+    parser.add_argument("--agreement-rows", type=int, default=20_000)
+    parser.add_argument("--chunk-rows", type=int, default=get_settings().scoring_chunk_rows)
+    args = parser.parse_args()
+    settings = get_settings()
+    server = database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
+    suffix = uuid.uuid4().hex[:8]
+    warehouse_db, mlflow_db = f"retention_bench_{suffix}", f"retention_bench_mlflow_{suffix}"
+    database.ensure_database(server, warehouse_db)
+    url = database.with_database(server, warehouse_db)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            days = _prepare(url, server, mlflow_db, Path(folder), args)
+            models = _models(url, server, mlflow_db, Path(folder))
+            _measure(url, days, models, Path(folder), args)
+    finally:
+        database.drop_database(server, warehouse_db)
+        database.drop_database(server, mlflow_db)
+
+
+def _prepare(
+    url: str, server: str, mlflow_db: str, folder: Path, args: argparse.Namespace
+) -> dict[int, str]:
+    """Land and build the training snapshot and one snapshot per size; train the champion."""
+    import dagster as dg  # noqa: PLC0415
+
+    from retention_pipelines.assets.features import retention_dbt_models  # noqa: PLC0415
+    from retention_pipelines.assets.ingestion import raw_customer_snapshot  # noqa: PLC0415
+    from retention_pipelines.definitions import defs  # noqa: PLC0415
+
+    landing = folder / "landing"
+    days = {n: f"2026-04-{index + 1:02d}" for index, n in enumerate(args.customers)}
+    write_landing_csv(landing / f"customers_{TRAIN_DAY}.csv", args.train_customers, seed=1)
+    for index, (n, day) in enumerate(days.items()):
+        write_landing_csv(landing / f"customers_{day}.csv", n, seed=100 + index, labelled=False)
+    resources = _resources(url, server, mlflow_db, folder)
+    instance = dg.DagsterInstance.ephemeral()
+    for day in [TRAIN_DAY, *days.values()]:
+        started = time.perf_counter()
+        dg.materialize(
+            [raw_customer_snapshot, retention_dbt_models],
+            partition_key=day,
+            resources=resources,
+            instance=instance,
+        )
+        print(f"built snapshot {day} in {time.perf_counter() - started:.1f} s", flush=True)
+    config = {"config": {**SMALL_BUDGET, "baseline_tolerance": 1.0}}
+    run = defs.resolve_job_def("retrain_job").execute_in_process(
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
+    )
+    training: TrainingResult = run.output_for_node("churn_model_candidates")
+    split: TrainingSplit = run.output_for_node("training_set")
+    (folder / "training.pkl").write_bytes(pickle.dumps((training, split)))
+    return days
+
+
+def _resources(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str, object]:
+    from dagster_dbt import DbtCliResource  # noqa: PLC0415
+
+    from retention_pipelines.assets.features import retention_dbt_project  # noqa: PLC0415
+    from retention_pipelines.resources import (  # noqa: PLC0415
+        LandingResource,
+        MlflowResource,
+        WarehouseResource,
+        dbt_executable,
+    )
+
+    return {
+        "warehouse": WarehouseResource(database_url=url),
+        "landing": LandingResource(landing_dir=str(folder / "landing")),
+        "dbt": DbtCliResource(project_dir=retention_dbt_project, dbt_executable=dbt_executable()),
+        "mlflow_registry": MlflowResource(
+            tracking_uri=registry.mlflow_tracking_uri(server, mlflow_db),
+            artifact_root=str(folder / "mlartifacts"),
+        ),
+    }
+
+
+def _models(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str, Path]:
+    """The champion as registered, and the other family fitted with its tuned parameters."""
+    from retention_pipelines.resources import MlflowResource, WarehouseResource  # noqa: PLC0415
+
+    client = MlflowResource(
+        tracking_uri=registry.mlflow_tracking_uri(server, mlflow_db),
+        artifact_root=str(folder / "mlartifacts"),
+    ).client(WarehouseResource(database_url=url))
+    pyfunc, version = registry.load_champion(client)
+    champion: ChurnModel = pyfunc.unwrap_python_model().model
+    training, split = pickle.loads((folder / "training.pkl").read_bytes())  # noqa: S301
+    other_kind = next(kind for kind in MODEL_KINDS if kind != champion.kind)
+    booster, _, _ = refit_candidate(
+        other_kind,
+        training.candidates[other_kind].tuned.params,
+        champion.encoder,
+        split,
+        get_settings().training_seed,
+    )
+    assert champion.linear is not None  # noqa: S101
+    other, _, _ = blend_and_calibrate(
+        other_kind, booster, champion.linear, champion.encoder, split, get_settings().training_seed
+    )
+    paths = {}
+    for label, model in ((f"{champion.kind} (champion v{version})", champion), (other_kind, other)):
+        path = folder / f"{model.kind}.pkl"
+        path.write_bytes(pickle.dumps(model))
+        paths[label] = path
+        print(f"{label}: {_size(model)}", flush=True)
+    return paths
+
+
+def _size(model: ChurnModel) -> str:
+    if model.kind == "xgboost":
+        trees = model.booster.best_iteration + 1
+        depth = json.loads(model.booster.save_config())["learner"]["gradient_booster"]
+        depth = depth["tree_train_param"]["max_depth"]
+        return f"{trees} trees, max depth {depth}, tree weight {model.tree_weight:.2f}"
+    params = model.booster.get_all_params()
+    return (
+        f"{model.booster.tree_count_} trees, depth {params['depth']}, "
+        f"tree weight {model.tree_weight:.2f}"
+    )
+
+
+def _measure(
+    url: str, days: dict[int, str], models: dict[str, Path], folder: Path, args: argparse.Namespace
+) -> None:
+    smallest = min(days)
+    rows = []
+    for label, path in models.items():
+        for n, day in days.items():
+            result = _child("score", url, day, path, args.chunk_rows)
+            rows.append((label, n, result))
+            _print_score(label, n, result)
+        if args.baseline_rows:
+            naive = _child("naive", url, days[smallest], path, args.baseline_rows)
+            _print_naive(
+                label, naive, next(r for lbl, n, r in rows if lbl == label and n == smallest)
+            )
+        agreement = _child("agreement", url, days[smallest], path, args.agreement_rows)
+        print(
+            f"  approximation vs exact TreeSHAP, same top reason: high risk "
+            f"{agreement['high']:.1%} of {agreement['high_rows']:,}, medium and low "
+            f"{agreement['other']:.1%} of {agreement['other_rows']:,} "
+            f"(exact {agreement['exact_rows_per_s']:,.0f} rows/s, approximate "
+            f"{agreement['approx_rows_per_s']:,.0f} rows/s)",
+            flush=True,
+        )
+
+
+def _child(mode: str, url: str, day: str, model: Path, rows: int) -> dict[str, float]:
+    completed = subprocess.run(  # this very script
+        [sys.executable, __file__, "--child", mode, url, day, str(model), str(rows)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _print_score(label: str, n: int, result: dict[str, float]) -> None:
+    stages = ", ".join(
+        f"{name} {seconds:.1f}" for name, seconds in result.items() if name.startswith("s_")
+    ).replace("s_", "")
+    print(
+        f"{label}: {n:,} customers scored with reasons in {result['seconds']:.1f} s "
+        f"({result['rows'] / result['seconds']:,.0f} rows/s; {stages} s), "
+        f"peak RSS {result['rss_mib']:,.0f} MiB",
+        flush=True,
+    )
+
+
+def _print_naive(label: str, naive: dict[str, float], ours: dict[str, float]) -> None:
+    stages = ", ".join(
+        f"{name} {seconds:.1f}" for name, seconds in naive.items() if name.startswith("s_")
+    ).replace("s_", "")
+    naive_rate = naive["rows"] / naive["seconds"]
+    ours_rate = ours["rows"] / ours["seconds"]
+    print(
+        f"  naive pipeline on {naive['rows']:,.0f} rows: {naive['seconds']:.1f} s "
+        f"({naive_rate:,.0f} rows/s; {stages} s), peak RSS {naive['rss_mib']:,.0f} MiB; "
+        f"the scoring core is {ours_rate / naive_rate:.1f}x faster",
+        flush=True,
+    )
+
+
+# --- Child processes: one measurement each, printed as one JSON line. ---
+
+
+def _child_main(mode: str, url: str, day: str, model_path: str, rows: int) -> None:
+    model: ChurnModel = pickle.loads(Path(model_path).read_bytes())  # noqa: S301
+    snapshot = date.fromisoformat(day)
+    measure = {"score": _score_core, "naive": _score_naive, "agreement": _agreement}[mode]
+    result = measure(url, snapshot, model, rows)
+    result["rss_mib"] = _peak_rss_mib()
+    print(json.dumps(result))
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS. ``getrusage`` would also count the parent's peak, which a
+    child inherits across fork and exec on Linux; ``VmHWM`` belongs to this address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _score_core(url: str, day: date, model: ChurnModel, chunk_rows: int) -> dict[str, float]:
+    settings = get_settings()
+    times = scoring.StageTimes()
+    started = time.perf_counter()
+    written = scoring.score_partition(
+        url,
+        day,
+        scoring.ModelRef(model, registry.MODEL_NAME, "bench"),
+        bands=scoring.RiskBands(settings.risk_high_threshold, settings.risk_medium_threshold),
+        chunk_rows=chunk_rows,
+        scored_at=datetime.now(UTC),
+        times=times,
+    )
+    seconds = time.perf_counter() - started
+    return {"rows": written, "seconds": seconds} | {f"s_{k}": v for k, v in times.seconds.items()}
+
+
+def _score_naive(url: str, day: date, model: ChurnModel, rows: int) -> dict[str, float]:
+    import shap  # noqa: PLC0415
+    import sqlalchemy  # noqa: PLC0415
+    import xgboost as xgb  # noqa: PLC0415
+
+    engine = sqlalchemy.create_engine(database.sqlalchemy_url(url))
+    started = time.perf_counter()
+    frame = pd.read_sql(
+        sqlalchemy.text(
+            "select * from features.customer_features where snapshot_date = :day"
+            " order by customer_id limit :rows"
+        ),
+        engine,
+        params={"day": day, "rows": rows},
+    )
+    read = time.perf_counter()
+    features = feature_frame(frame)
+    probabilities = model.predict_proba(features)
+    predicted = time.perf_counter()
+    explainer = shap.TreeExplainer(model.booster)
+    if model.kind == "xgboost":
+        matrix = xgb.DMatrix(model.encoder.tree_input(features), enable_categorical=True)
+        values = np.asarray(explainer.shap_values(matrix))
+    else:
+        values = np.asarray(explainer.shap_values(model.encoder.catboost_input(features)))
+    top = np.argsort(-values, axis=1)[:, :3]
+    explained = time.perf_counter()
+    columns = np.array(features.columns)
+    out = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"],
+            "churn_probability": probabilities,
+            **{f"top_reason_{k + 1}": columns[top[:, k]] for k in range(3)},
+        }
+    )
+    out.to_sql("naive_scores", engine, schema="ml", if_exists="replace", index=False)
+    written = time.perf_counter()
+    return {
+        "rows": len(frame),
+        "seconds": written - started,
+        "s_read": read - started,
+        "s_predict": predicted - read,
+        "s_explain": explained - predicted,
+        "s_write": written - explained,
+    }
+
+
+def _agreement(url: str, day: date, model: ChurnModel, rows: int) -> dict[str, float]:
+    """Top reason of the approximation against exact TreeSHAP, per band, on a sample."""
+    from retention_pipelines.core import explain  # noqa: PLC0415
+
+    frame = next(scoring.read_feature_chunks(url, day, rows))
+    features = feature_frame(frame)
+    probabilities = model.predict_proba(features)
+    data = explain.tree_data(model.booster, model.encoder, features)
+    started = time.perf_counter()
+    exact = explain.tree_contributions(model.booster, data)
+    exact_s = time.perf_counter() - started
+    started = time.perf_counter()
+    approx = explain.tree_contributions(model.booster, data, approximate=True)
+    approx_s = time.perf_counter() - started
+    if model.blended:
+        linear = explain.linear_parts(model.linear, features).contributions  # type: ignore[arg-type]
+        exact = model.tree_weight * exact + (1 - model.tree_weight) * linear
+        approx = model.tree_weight * approx + (1 - model.tree_weight) * linear
+    same = exact.argmax(axis=1) == approx.argmax(axis=1)
+    high = probabilities >= get_settings().risk_high_threshold
+    return {
+        "high": float(same[high].mean()) if high.any() else float("nan"),
+        "high_rows": int(high.sum()),
+        "other": float(same[~high].mean()) if (~high).any() else float("nan"),
+        "other_rows": int((~high).sum()),
+        "exact_rows_per_s": len(frame) / exact_s,
+        "approx_rows_per_s": len(frame) / approx_s,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child_main(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    else:
+        main()
