@@ -65,3 +65,19 @@ def test_model_rollback_without_a_champion_says_why_and_fails(
         database.drop_database(server_url, name)
     assert result.exit_code == 1
     assert "cannot roll back: churn-model has no champion" in result.output
+
+
+def test_db_upgrade_migrates_and_prepares_the_reader_role(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETENTION_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["db", "upgrade"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    latest = database.available_migrations()[-1].version
+    assert f"database at migration {latest}" in result.output
+    assert "read-only role retention_reader" in result.output
+    assert database.current_version(database_url) == latest
