@@ -13,7 +13,9 @@ peak RSS is its own, it times:
 - on the smallest size, the naive pipeline: ``pd.read_sql``, ``predict_proba``,
   ``shap.TreeExplainer(...).shap_values`` and ``DataFrame.to_sql``;
 - how often the path approximation used for medium and low risk customers names the same
-  top reason as exact TreeSHAP (the high band always gets exact TreeSHAP).
+  top reason as exact TreeSHAP (the high band always gets exact TreeSHAP);
+- the next night of the largest size, in which ``--changed-share`` of the customers changed:
+  the others keep their score, carried over inside Postgres.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from retention_pipelines.settings import get_settings
 # The children measure scoring alone: Dagster, dbt and MLflow are imported by the parent only.
 
 TRAIN_DAY = "2026-03-31"
+NEXT_NIGHT = "2026-05-01"
 SMALL_BUDGET = {
     "xgboost_trials": 10,
     "xgboost_timeout_s": 60,
@@ -64,6 +67,10 @@ def main() -> None:
     parser.add_argument("--train-customers", type=int, default=20_000)
     parser.add_argument("--agreement-rows", type=int, default=20_000)
     parser.add_argument("--chunk-rows", type=int, default=get_settings().scoring_chunk_rows)
+    parser.add_argument(
+        "--changed-share", type=float, default=0.05,
+        help="share of customers whose features change by the next night",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = get_settings()
     server = database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
@@ -92,7 +99,7 @@ def _prepare(
     from retention_pipelines.definitions import defs  # noqa: PLC0415
 
     landing = folder / "landing"
-    days = {n: f"2026-04-{index + 1:02d}" for index, n in enumerate(args.customers)}
+    days = {n: f"2026-04-{index + 1:02d}" for index, n in enumerate(sorted(args.customers))}
     write_landing_csv(landing / f"customers_{TRAIN_DAY}.csv", args.train_customers, seed=1)
     for index, (n, day) in enumerate(days.items()):
         write_landing_csv(landing / f"customers_{day}.csv", n, seed=100 + index, labelled=False)
@@ -189,13 +196,21 @@ def _size(model: ChurnModel) -> str:
 def _measure(
     url: str, days: dict[int, str], models: dict[str, Path], folder: Path, args: argparse.Namespace
 ) -> None:
-    smallest = min(days)
+    smallest, largest = min(days), max(days)
+    changed = _next_night(url, days[largest], args.changed_share)
     rows = []
     for label, path in models.items():
         for n, day in days.items():
             result = _child("score", url, day, path, args.chunk_rows)
             rows.append((label, n, result))
             _print_score(label, n, result)
+        night = _child("score_next_night", url, NEXT_NIGHT, path, args.chunk_rows)
+        print(
+            f"  the next night ({largest:,} customers, {changed:,} of them changed): "
+            f"{night['seconds']:.1f} s ({night['rows'] / night['seconds']:,.0f} rows/s), "
+            f"{night['reused']:,} scores carried over, peak RSS {night['rss_mib']:,.0f} MiB",
+            flush=True,
+        )
         if args.baseline_rows:
             naive = _child("naive", url, days[smallest], path, args.baseline_rows)
             _print_naive(
@@ -210,6 +225,27 @@ def _measure(
             f"{agreement['approx_rows_per_s']:,.0f} rows/s)",
             flush=True,
         )
+
+
+def _next_night(url: str, day: str, share: float) -> int:
+    """The night after ``day`` in features: the same customers, ``share`` of them with a new
+    monthly charge (what dbt would build from the next landing file); returns how many."""
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "create temp table next_night as select * from features.customer_features"
+            " where snapshot_date = %s",
+            (day,),
+        )
+        conn.execute("update next_night set snapshot_date = %s", (NEXT_NIGHT,))
+        changed = conn.execute(
+            "update next_night set monthly_charges = monthly_charges + 5"
+            " where abs(hashtext(customer_id)) %% 10000 < %s",
+            (round(share * 10_000),),
+        ).rowcount
+        conn.execute("insert into features.customer_features select * from next_night")
+    return changed
 
 
 def _child(mode: str, url: str, day: str, model: Path, rows: int) -> dict[str, float]:
@@ -254,7 +290,12 @@ def _print_naive(label: str, naive: dict[str, float], ours: dict[str, float]) ->
 def _child_main(mode: str, url: str, day: str, model_path: str, rows: int) -> None:
     model: ChurnModel = pickle.loads(Path(model_path).read_bytes())  # noqa: S301
     snapshot = date.fromisoformat(day)
-    measure = {"score": _score_core, "naive": _score_naive, "agreement": _agreement}[mode]
+    measure = {
+        "score": _score_core,
+        "score_next_night": _score_next_night,
+        "naive": _score_naive,
+        "agreement": _agreement,
+    }[mode]
     result = measure(url, snapshot, model, rows)
     result["rss_mib"] = _peak_rss_mib()
     print(json.dumps(result))
@@ -269,21 +310,30 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _score_core(url: str, day: date, model: ChurnModel, chunk_rows: int) -> dict[str, float]:
+def _score_next_night(url: str, day: date, model: ChurnModel, chunk_rows: int) -> dict[str, float]:
+    return _score_core(url, day, model, chunk_rows, reuse=True)
+
+
+def _score_core(
+    url: str, day: date, model: ChurnModel, chunk_rows: int, *, reuse: bool = False
+) -> dict[str, float]:
     settings = get_settings()
     times = scoring.StageTimes()
     started = time.perf_counter()
-    written = scoring.score_partition(
+    outcome = scoring.score_partition(
         url,
         day,
-        scoring.ModelRef(model, registry.MODEL_NAME, "bench"),
+        scoring.ModelRef(model, registry.MODEL_NAME, f"bench-{model.kind}"),
         bands=scoring.RiskBands(settings.risk_high_threshold, settings.risk_medium_threshold),
         chunk_rows=chunk_rows,
         scored_at=datetime.now(UTC),
+        reuse_unchanged=reuse,
         times=times,
     )
     seconds = time.perf_counter() - started
-    return {"rows": written, "seconds": seconds} | {f"s_{k}": v for k, v in times.seconds.items()}
+    return {"rows": outcome.rows, "reused": outcome.reused, "seconds": seconds} | {
+        f"s_{k}": v for k, v in times.seconds.items()
+    }
 
 
 def _score_naive(url: str, day: date, model: ChurnModel, rows: int) -> dict[str, float]:

@@ -88,6 +88,10 @@ class RetentionSettings(BaseSettings):
         gt=0,
         description="Customers read, scored, explained and written per chunk (bounds memory).",
     )
+    scoring_reuse_unchanged: bool = Field(
+        default=True,
+        description="Carry a score over when a customer's features and the model are unchanged.",
+    )
     risk_high_threshold: float = Field(
         default=0.5,
         gt=0,

@@ -3,7 +3,7 @@ replaced safely (idempotent, atomic, one writer per date), and that chunking cha
 
 import threading
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -52,14 +52,14 @@ def model(features: pd.DataFrame) -> scoring.ModelRef:
 def _score(url: str, model: scoring.ModelRef, chunk_rows: int = 2_000, **kwargs) -> int:
     return scoring.score_partition(
         url, DAY, model, bands=BANDS, chunk_rows=chunk_rows, scored_at=SCORED_AT, **kwargs
-    )
+    ).rows
 
 
-def _scores(url: str) -> pd.DataFrame:
+def _scores(url: str, day: date = DAY) -> pd.DataFrame:
     with psycopg.connect(url) as conn:
         cursor = conn.execute(
             "select * from ml.churn_risk_scores where snapshot_date = %s order by customer_id",
-            (DAY,),
+            (day,),
         )
         return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
 
@@ -179,3 +179,39 @@ def test_risk_bands_are_ordered_thresholds() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="risk bands"):
         scoring.RiskBands(high=0.2, medium=0.3)
+
+
+def test_unchanged_customers_keep_their_earlier_score(
+    scored: pd.DataFrame, telco_warehouse: str, model: scoring.ModelRef
+) -> None:
+    # The next day: the same customers; those whose id ends in A or B got a new price.
+    following = DAY + timedelta(days=1)
+    with psycopg.connect(telco_warehouse) as conn:
+        conn.execute(
+            "create temp table next_day as select * from features.customer_features"
+            " where snapshot_date = %s",
+            (DAY,),
+        )
+        conn.execute("update next_day set snapshot_date = %s", (following,))
+        changed = conn.execute(
+            "update next_day set monthly_charges = monthly_charges + 20"
+            " where right(customer_id, 1) in ('A', 'B')"
+        ).rowcount
+        conn.execute("insert into features.customer_features select * from next_day")
+    carried = scoring.score_partition(
+        telco_warehouse, following, model, bands=BANDS, chunk_rows=1_000, scored_at=SCORED_AT
+    )
+    assert carried.rows == 5_634
+    assert 0 < changed < 1_000
+    assert carried.reused == 5_634 - changed
+    with_carryover = _scores(telco_warehouse, following)
+    fresh = scoring.score_partition(
+        telco_warehouse, following, model, bands=BANDS, chunk_rows=1_000, scored_at=SCORED_AT,
+        reuse_unchanged=False,
+    )  # fmt: skip
+    assert fresh.reused == 0
+    pd.testing.assert_frame_equal(with_carryover, _scores(telco_warehouse, following))
+    assert all(check.passed for check in scoring.check_scores(telco_warehouse, following, "3"))
+    # Another model version carries nothing over.
+    other = scoring.ModelRef(model=model.model, name="churn-model", version="9")
+    assert scoring.find_carryover(telco_warehouse, following, other) is None

@@ -59,18 +59,25 @@ def churn_risk_scores(
     pyfunc, version = registry.load_champion(mlflow_registry.client(warehouse))
     model = ModelRef(pyfunc.unwrap_python_model().model, registry.MODEL_NAME, version)
     context.log.info(f"scoring {total:,} customers of {day} with {registry.MODEL_NAME} v{version}")
-    written = score_partition(
+    outcome = score_partition(
         url,
         day,
         model,
         bands=RiskBands(high=settings.risk_high_threshold, medium=settings.risk_medium_threshold),
         chunk_rows=settings.scoring_chunk_rows,
         scored_at=datetime.now(UTC),
+        reuse_unchanged=settings.scoring_reuse_unchanged,
         on_chunk=lambda rows: context.log.info(PROGRESS.format(rows=rows, total=total)),
     )
+    if outcome.reused:
+        context.log.info(f"{outcome.reused:,} unchanged customers kept their earlier score")
     summary = summarize_scores(url, day)
     return dg.MaterializeResult(
-        metadata=_metadata(written, version, summary),
+        metadata={
+            **_metadata(outcome.rows, version, summary),
+            "customers_rescored": outcome.rows - outcome.reused,
+            "customers_carried_over": outcome.reused,
+        },
         check_results=[
             dg.AssetCheckResult(
                 check_name=check.name,

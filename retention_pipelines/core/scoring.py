@@ -110,7 +110,9 @@ def count_features(url: str, snapshot_date: date) -> int:
     return int(row[0]) if row else 0
 
 
-def read_feature_chunks(url: str, snapshot_date: date, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_feature_chunks(
+    url: str, snapshot_date: date, chunk_rows: int, *, skip: Carryover | None = None
+) -> Iterator[pd.DataFrame]:
     """The date's feature rows, ``chunk_rows`` at a time.
 
     One COPY streams the date out as CSV; the stream is cut at line ends into chunks that
@@ -120,11 +122,12 @@ def read_feature_chunks(url: str, snapshot_date: date, chunk_rows: int) -> Itera
     """
     columns = ["customer_id", *FEATURE_COLUMNS]
     query = sql.SQL(
-        "copy (select {columns} from features.customer_features where snapshot_date = {day})"
-        " to stdout with (format csv)"
+        "copy (select {columns} from features.customer_features f"
+        " where f.snapshot_date = {day} and not {skipped}) to stdout with (format csv)"
     ).format(
-        columns=sql.SQL(", ").join(sql.Identifier(column) for column in columns),
+        columns=sql.SQL(", ").join(sql.Identifier("f", column) for column in columns),
         day=sql.Literal(snapshot_date),
+        skipped=skip.unchanged() if skip is not None else sql.SQL("false"),
     )
     pending, lines = bytearray(), 0
     with psycopg.connect(url) as conn, conn.cursor().copy(query) as copy:
@@ -161,6 +164,84 @@ def _parse_features_csv(data: bytes, columns: list[str], rows: int) -> pd.DataFr
     if table.num_rows != rows:
         raise ValueError(f"a chunk of {rows} lines parsed to {table.num_rows} feature rows")
     return table.to_pandas()
+
+
+# --- Carrying over unchanged customers. ---
+
+
+@dataclass(frozen=True)
+class Carryover:
+    """Scores that can be carried over from ``previous``: a customer whose feature row is
+    identical on both dates, scored then by the same model version, gets the same
+    probability and reasons again, so they are copied inside Postgres instead of recomputed.
+    The band is recomputed from the probability with today's thresholds."""
+
+    previous: date
+    model_name: str
+    model_version: str
+
+    def unchanged(self) -> sql.Composable:
+        """True for a row ``f`` of today's features whose customer qualifies."""
+        same_features = sql.SQL(" and ").join(
+            sql.SQL("p.{c} is not distinct from f.{c}").format(c=sql.Identifier(column))
+            for column in FEATURE_COLUMNS
+        )
+        return sql.SQL(
+            "exists (select 1 from features.customer_features p"
+            " join ml.churn_risk_scores s"
+            " on s.snapshot_date = p.snapshot_date and s.customer_id = p.customer_id"
+            " where p.snapshot_date = {previous} and p.customer_id = f.customer_id"
+            " and s.model_name = {name} and s.model_version = {version} and {same})"
+        ).format(
+            previous=sql.Literal(self.previous),
+            name=sql.Literal(self.model_name),
+            version=sql.Literal(self.model_version),
+            same=same_features,
+        )
+
+    def copy_scores(
+        self, snapshot_date: date, bands: RiskBands, scored_at: datetime
+    ) -> sql.Composable:
+        """The INSERT that copies the qualifying customers' scores to ``snapshot_date``."""
+        carried = [
+            column
+            for column in SCORE_COLUMNS
+            if column not in {"snapshot_date", "risk_band", "scored_at"}
+        ]
+        return sql.SQL(
+            "insert into ml.churn_risk_scores ({columns})"
+            " select {day}, {carried},"
+            " case when s.churn_probability >= {high} then 'high'"
+            " when s.churn_probability >= {medium} then 'medium' else 'low' end, {at}"
+            " from features.customer_features f join ml.churn_risk_scores s"
+            " on s.snapshot_date = {previous} and s.customer_id = f.customer_id"
+            " where f.snapshot_date = {day} and {unchanged}"
+        ).format(
+            columns=sql.SQL(", ").join(
+                sql.Identifier(column)
+                for column in ("snapshot_date", *carried, "risk_band", "scored_at")
+            ),
+            day=sql.Literal(snapshot_date),
+            carried=sql.SQL(", ").join(sql.Identifier("s", column) for column in carried),
+            high=sql.Literal(bands.high),
+            medium=sql.Literal(bands.medium),
+            at=sql.Literal(scored_at),
+            previous=sql.Literal(self.previous),
+            unchanged=self.unchanged(),
+        )
+
+
+def find_carryover(url: str, snapshot_date: date, model: ModelRef) -> Carryover | None:
+    """The latest earlier date scored by the same model version, if any."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select max(snapshot_date) from ml.churn_risk_scores"
+            " where snapshot_date < %s and model_name = %s and model_version = %s",
+            (snapshot_date, model.name, model.version),
+        ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return Carryover(previous=row[0], model_name=model.name, model_version=model.version)
 
 
 # --- Scoring. ---
@@ -243,13 +324,15 @@ def replace_scores(
     *,
     on_chunk: Callable[[int], None] | None = None,
     before_commit: Callable[[psycopg.Connection], None] | None = None,
-) -> int:
-    """Replace the date's scores with ``chunks`` in one transaction; return the rows written.
+    carry_over: sql.Composable | None = None,
+) -> PartitionScores:
+    """Replace the date's scores with ``chunks`` (and the rows ``carry_over`` inserts) in one
+    transaction.
 
     ``on_chunk`` hears the running row count (progress); ``before_commit`` runs inside the
     transaction after the last COPY (tests inject failures there).
     """
-    written = 0
+    written = reused = 0
     with psycopg.connect(url) as conn, conn.transaction():
         conn.execute(
             "select pg_advisory_xact_lock(%s, %s)", (_LOCK_NAMESPACE, _lock_key(snapshot_date))
@@ -258,6 +341,9 @@ def replace_scores(
             f"delete from {SCORES_TABLE} where snapshot_date = %s",
             (snapshot_date,),
         )
+        if carry_over is not None:
+            reused = conn.execute(carry_over).rowcount
+            written = reused
         for chunk in chunks:
             copy_frame(conn, SCORES_TABLE, list(SCORE_COLUMNS), chunk)
             written += len(chunk)
@@ -265,7 +351,14 @@ def replace_scores(
                 on_chunk(written)
         if before_commit is not None:
             before_commit(conn)
-    return written
+    return PartitionScores(rows=written, reused=reused)
+
+
+@dataclass(frozen=True)
+class PartitionScores:
+    rows: int
+    reused: int = 0
+    """Rows carried over unchanged from an earlier date (see :class:`Carryover`)."""
 
 
 def _lock_key(snapshot_date: date) -> int:
@@ -280,16 +373,23 @@ def score_partition(
     bands: RiskBands,
     chunk_rows: int,
     scored_at: datetime,
+    reuse_unchanged: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     before_commit: Callable[[psycopg.Connection], None] | None = None,
     times: StageTimes | None = None,
-) -> int:
-    """Read, score, explain and write one snapshot date, a chunk at a time. ``times``, when
-    given, receives the seconds per stage (read, predict_and_explain, reasons, write)."""
+) -> PartitionScores:
+    """Read, score, explain and write one snapshot date, a chunk at a time.
+
+    With ``reuse_unchanged``, customers whose features are the same as on the latest earlier
+    date scored by this model version get that date's score copied (see
+    :class:`Carryover`); only the others are read and scored. ``times``, when given,
+    receives the seconds per stage (read, predict_and_explain, reasons, write).
+    """
     times = times if times is not None else StageTimes()
+    carryover = find_carryover(url, snapshot_date, model) if reuse_unchanged else None
 
     def scored_chunks() -> Iterator[pd.DataFrame]:
-        reader = read_feature_chunks(url, snapshot_date, chunk_rows)
+        reader = read_feature_chunks(url, snapshot_date, chunk_rows, skip=carryover)
         while True:
             with times.stage("read"):
                 chunk = next(reader, None)
@@ -301,11 +401,16 @@ def score_partition(
             )  # fmt: skip
 
     started = time.perf_counter()
-    written = replace_scores(
-        url, snapshot_date, scored_chunks(), on_chunk=on_chunk, before_commit=before_commit
+    outcome = replace_scores(
+        url,
+        snapshot_date,
+        scored_chunks(),
+        on_chunk=on_chunk,
+        before_commit=before_commit,
+        carry_over=(carryover.copy_scores(snapshot_date, bands, scored_at) if carryover else None),
     )
     times.seconds["write"] = time.perf_counter() - started - sum(times.seconds.values())
-    return written
+    return outcome
 
 
 # --- What a run leaves for people and for its checks. ---
