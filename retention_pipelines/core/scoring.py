@@ -129,8 +129,22 @@ def read_feature_chunks(
         day=sql.Literal(snapshot_date),
         skipped=skip.unchanged() if skip is not None else sql.SQL("false"),
     )
+    with psycopg.connect(url) as conn:
+        if skip is not None:
+            conn.execute(_NO_NESTED_LOOPS)
+        yield from _stream_chunks(conn, query, columns, chunk_rows)
+
+
+# The carry-over joins a day's customers against another day's: hash joins, never a nested
+# loop (a fresh day's statistics can make the planner expect a handful of rows).
+_NO_NESTED_LOOPS = "set enable_nestloop = off"
+
+
+def _stream_chunks(
+    conn: psycopg.Connection, query: sql.Composable, columns: list[str], chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     pending, lines = bytearray(), 0
-    with psycopg.connect(url) as conn, conn.cursor().copy(query) as copy:
+    with conn.cursor().copy(query) as copy:
         for block in copy:
             pending += block
             lines += bytes(block).count(b"\n")
@@ -182,22 +196,11 @@ class Carryover:
 
     def unchanged(self) -> sql.Composable:
         """True for a row ``f`` of today's features whose customer qualifies."""
-        same_features = sql.SQL(" and ").join(
-            sql.SQL("p.{c} is not distinct from f.{c}").format(c=sql.Identifier(column))
-            for column in FEATURE_COLUMNS
-        )
         return sql.SQL(
-            "exists (select 1 from features.customer_features p"
-            " join ml.churn_risk_scores s"
+            "exists (select 1 from features.customer_features p join ml.churn_risk_scores s"
             " on s.snapshot_date = p.snapshot_date and s.customer_id = p.customer_id"
-            " where p.snapshot_date = {previous} and p.customer_id = f.customer_id"
-            " and s.model_name = {name} and s.model_version = {version} and {same})"
-        ).format(
-            previous=sql.Literal(self.previous),
-            name=sql.Literal(self.model_name),
-            version=sql.Literal(self.model_version),
-            same=same_features,
-        )
+            " where p.customer_id = f.customer_id and {qualifies})"
+        ).format(qualifies=self._qualifies())
 
     def copy_scores(
         self, snapshot_date: date, bands: RiskBands, scored_at: datetime
@@ -213,9 +216,11 @@ class Carryover:
             " select {day}, {carried},"
             " case when s.churn_probability >= {high} then 'high'"
             " when s.churn_probability >= {medium} then 'medium' else 'low' end, {at}"
-            " from features.customer_features f join ml.churn_risk_scores s"
-            " on s.snapshot_date = {previous} and s.customer_id = f.customer_id"
-            " where f.snapshot_date = {day} and {unchanged}"
+            " from features.customer_features f"
+            " join features.customer_features p on p.customer_id = f.customer_id"
+            " join ml.churn_risk_scores s"
+            " on s.snapshot_date = p.snapshot_date and s.customer_id = p.customer_id"
+            " where f.snapshot_date = {day} and {qualifies}"
         ).format(
             columns=sql.SQL(", ").join(
                 sql.Identifier(column)
@@ -226,14 +231,36 @@ class Carryover:
             high=sql.Literal(bands.high),
             medium=sql.Literal(bands.medium),
             at=sql.Literal(scored_at),
+            qualifies=self._qualifies(),
+        )
+
+    def _qualifies(self) -> sql.Composable:
+        """``p`` is the customer's features on the earlier date, ``s`` its score then: the
+        same model scored it, and every feature is as in today's row ``f``."""
+        same_features = sql.SQL(" and ").join(
+            sql.SQL("p.{c} is not distinct from f.{c}").format(c=sql.Identifier(column))
+            for column in FEATURE_COLUMNS
+        )
+        return sql.SQL(
+            "p.snapshot_date = {previous} and s.model_name = {name}"
+            " and s.model_version = {version} and {same}"
+        ).format(
             previous=sql.Literal(self.previous),
-            unchanged=self.unchanged(),
+            name=sql.Literal(self.model_name),
+            version=sql.Literal(self.model_version),
+            same=same_features,
         )
 
 
 def find_carryover(url: str, snapshot_date: date, model: ModelRef) -> Carryover | None:
-    """The latest earlier date scored by the same model version, if any."""
-    with psycopg.connect(url) as conn:
+    """The latest earlier date scored by the same model version, if any.
+
+    Both tables are analyzed first: the day's features were usually written minutes ago, and
+    without statistics the planner would expect a handful of rows where there are millions.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"analyze {FEATURES_TABLE}")
+        conn.execute(f"analyze {SCORES_TABLE}")
         row = conn.execute(
             "select max(snapshot_date) from ml.churn_risk_scores"
             " where snapshot_date < %s and model_name = %s and model_version = %s",
@@ -342,6 +369,7 @@ def replace_scores(
             (snapshot_date,),
         )
         if carry_over is not None:
+            conn.execute("set local enable_nestloop = off")
             reused = conn.execute(carry_over).rowcount
             written = reused
         for chunk in chunks:
