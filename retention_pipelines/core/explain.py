@@ -84,15 +84,6 @@ def tree_data_from(model: TreeModel, tree: pd.DataFrame) -> TreeData:
     )
 
 
-def tree_margin(model: TreeModel, data: TreeData) -> np.ndarray:
-    """The booster's log-odds of churn."""
-    if isinstance(model, xgb.Booster):
-        return model.predict(
-            data, output_margin=True, iteration_range=(0, model.best_iteration + 1)
-        )
-    return np.asarray(model.predict(data, prediction_type="RawFormulaVal"), dtype=float)
-
-
 def tree_contributions(
     model: TreeModel, data: TreeData, *, approximate: bool = False
 ) -> np.ndarray:
@@ -119,11 +110,6 @@ def tree_contributions(
             shap_calc_type="Approximate" if approximate else "Regular",
         )
     return np.asarray(values[:, :-1], dtype=float)
-
-
-def take_rows(data: TreeData, rows: np.ndarray) -> TreeData:
-    """The subset ``rows`` (positions) of a booster's input."""
-    return data.slice(rows)
 
 
 def contributions(model: TreeModel, encoder: FeatureEncoder, frame: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import xgboost as xgb
 
 from retention_pipelines.core import explain
 from retention_pipelines.core.features import FEATURE_COLUMNS, FeatureEncoder
-from retention_pipelines.core.training import Baseline, Calibrator, ModelKind
+from retention_pipelines.core.training import Baseline, Calibrator, ModelKind, tree_margin
 
 PROBABILITY_COLUMN = "churn_probability"
 
@@ -42,7 +42,7 @@ class ChurnModel:
     def margin(self, frame: pd.DataFrame) -> np.ndarray:
         """Log-odds of churn before calibration."""
         tree = self.encoder.tree_input(frame)
-        margin = explain.tree_margin(self.booster, explain.tree_data_from(self.booster, tree))
+        margin = tree_margin(self.booster, explain.tree_data_from(self.booster, tree))
         if not self.blended:
             return margin
         linear = explain.linear_parts(self.linear, frame, tree).margin  # type: ignore[arg-type]
@@ -77,7 +77,7 @@ class ChurnModel:
         _require_features(frame)
         tree = self.encoder.tree_input(frame)
         data = explain.tree_data_from(self.booster, tree)
-        margin = explain.tree_margin(self.booster, data)
+        margin = tree_margin(self.booster, data)
         linear = explain.linear_parts(self.linear, frame, tree) if self.blended else None  # type: ignore[arg-type]
         if linear is not None:
             margin = self.tree_weight * margin + (1 - self.tree_weight) * linear.margin
@@ -112,7 +112,7 @@ def _tree_contributions(
     values = explain.tree_contributions(booster, data, approximate=True)
     rows = np.flatnonzero(exact)
     if rows.size:
-        values[rows] = explain.tree_contributions(booster, explain.take_rows(data, rows))
+        values[rows] = explain.tree_contributions(booster, data.slice(rows))
     return values
 
 
@@ -126,7 +126,7 @@ def booster_margin(
     booster: xgb.Booster | catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
 ) -> np.ndarray:
     """Either booster's log-odds of churn."""
-    return explain.tree_margin(booster, explain.tree_data(booster, encoder, frame))
+    return tree_margin(booster, explain.tree_data(booster, encoder, frame))
 
 
 class ChurnPyfunc(mlflow.pyfunc.PythonModel):

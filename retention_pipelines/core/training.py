@@ -237,17 +237,19 @@ def fit_xgboost(
 def predict_xgboost(
     booster: xgb.Booster, encoder: FeatureEncoder, frame: pd.DataFrame
 ) -> np.ndarray:
-    return _sigmoid(margin_xgboost(booster, encoder, frame))
-
-
-def margin_xgboost(
-    booster: xgb.Booster, encoder: FeatureEncoder, frame: pd.DataFrame
-) -> np.ndarray:
-    """Log-odds of churn, up to the best (early-stopped) round."""
     matrix = xgb.DMatrix(encoder.tree_input(frame), enable_categorical=True)
-    return booster.predict(
-        matrix, output_margin=True, iteration_range=(0, booster.best_iteration + 1)
-    )
+    return _sigmoid(tree_margin(booster, matrix))
+
+
+def tree_margin(
+    model: xgb.Booster | catboost.CatBoostClassifier, data: xgb.DMatrix | catboost.Pool
+) -> np.ndarray:
+    """Either booster's log-odds of churn (XGBoost: up to the best, early-stopped round)."""
+    if isinstance(model, xgb.Booster):
+        return model.predict(
+            data, output_margin=True, iteration_range=(0, model.best_iteration + 1)
+        )
+    return np.asarray(model.predict(data, prediction_type="RawFormulaVal"), dtype=float)
 
 
 def _catboost_params(trial: optuna.Trial, seed: int) -> dict[str, Any]:
@@ -282,16 +284,8 @@ def fit_catboost(
 def predict_catboost(
     model: catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
 ) -> np.ndarray:
-    return _sigmoid(margin_catboost(model, encoder, frame))
-
-
-def margin_catboost(
-    model: catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
-) -> np.ndarray:
-    """Log-odds of churn."""
-    return np.asarray(
-        model.predict(encoder.catboost_input(frame), prediction_type="RawFormulaVal"), dtype=float
-    )
+    pool = catboost.Pool(encoder.catboost_input(frame), cat_features=list(CATEGORICAL_FEATURES))
+    return _sigmoid(tree_margin(model, pool))
 
 
 def _sigmoid(margin: np.ndarray) -> np.ndarray:
