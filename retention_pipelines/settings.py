@@ -92,6 +92,14 @@ class RetentionSettings(BaseSettings):
         default=True,
         description="Carry a score over when a customer's features and the model are unchanged.",
     )
+    scoring_exact_gap: float = Field(
+        default=0.05,
+        ge=0,
+        description=(
+            "XGBoost champions: a high-risk customer whose approximate top two reasons lie "
+            "within this many log-odds gets exact TreeSHAP (0: none, a large value: all)."
+        ),
+    )
     risk_high_threshold: float = Field(
         default=0.5,
         gt=0,

@@ -111,6 +111,28 @@ def test_high_risk_reasons_are_exact_tree_shap(
     assert list(texts) == list(high["top_reason_1"])
 
 
+def test_close_calls_among_high_risk_reasons_are_settled_by_exact_tree_shap(
+    features: pd.DataFrame, model: scoring.ModelRef
+) -> None:
+    frame = feature_frame(features)
+    exact = model.model.score(frame)
+    gap = 0.05
+    scored = model.model.score(frame, exact_from=BANDS.high, exact_gap=gap)
+    high = scored.probabilities >= BANDS.high
+    assert np.array_equal(scored.probabilities, exact.probabilities)
+    assert 0 < scored.exact.sum() < high.sum()
+    assert not scored.exact[~high].any()
+    assert np.allclose(scored.contributions[scored.exact], exact.contributions[scored.exact])
+    top_two = np.sort(scored.contributions[high & ~scored.exact], axis=1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0] >= gap).all()
+    same = exact.contributions.argmax(axis=1) == scored.contributions.argmax(axis=1)
+    assert same[high].mean() >= 0.95
+    nothing_exact = model.model.score(frame, exact_from=BANDS.high, exact_gap=0.0)
+    assert not nothing_exact.exact.any()
+    every_high = model.model.score(frame, exact_from=BANDS.high)
+    assert np.array_equal(every_high.exact, high)
+
+
 def test_chunked_scoring_equals_scoring_all_rows_at_once(
     scored: pd.DataFrame, telco_warehouse: str, model: scoring.ModelRef
 ) -> None:

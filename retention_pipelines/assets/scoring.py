@@ -67,6 +67,7 @@ def churn_risk_scores(
         chunk_rows=settings.scoring_chunk_rows,
         scored_at=datetime.now(UTC),
         reuse_unchanged=settings.scoring_reuse_unchanged,
+        exact_gap=settings.scoring_exact_gap,
         on_chunk=lambda rows: context.log.info(PROGRESS.format(rows=rows, total=total)),
     )
     if outcome.reused:

@@ -65,14 +65,23 @@ class ChurnModel:
         scored = self.score(frame)
         return pd.DataFrame(scored.contributions, columns=list(FEATURE_COLUMNS), index=frame.index)
 
-    def score(self, frame: pd.DataFrame, *, exact_from: float | None = None) -> Scored:
+    def score(
+        self,
+        frame: pd.DataFrame,
+        *,
+        exact_from: float | None = None,
+        exact_gap: float = float("inf"),
+    ) -> Scored:
         """Probabilities and reasons in one pass over the encodings.
 
-        Rows whose calibrated probability is at least ``exact_from`` get exact TreeSHAP
-        contributions; with XGBoost the others get the path approximation (see
-        :func:`explain.tree_contributions`), tens of times faster. CatBoost's approximate
-        ShapValues measured no faster than its exact ones, so CatBoost rows are always exact.
-        ``None`` explains every row exactly. The linear part is always exact (it is cheap).
+        ``None`` for ``exact_from`` explains every row with exact TreeSHAP. Otherwise an
+        XGBoost booster's contributions come from the path approximation (see
+        :func:`explain.tree_contributions`), tens of times faster, and exact TreeSHAP is
+        recomputed where the approximation could name the wrong top reason of a customer who
+        matters most: rows whose calibrated probability is at least ``exact_from`` and whose
+        approximate top two reasons lie within ``exact_gap`` log-odds of each other. CatBoost's
+        approximate ShapValues measured no faster than its exact ones, so CatBoost rows are
+        always exact. The linear part is always exact (it is cheap).
         """
         _require_features(frame)
         tree = self.encoder.tree_input(frame)
@@ -82,16 +91,24 @@ class ChurnModel:
         if linear is not None:
             margin = self.tree_weight * margin + (1 - self.tree_weight) * linear.margin
         probabilities = self.calibrator(1.0 / (1.0 + np.exp(-margin)))
-        exact = (
-            np.ones(len(frame), dtype=bool)
-            if exact_from is None or isinstance(self.booster, catboost.CatBoostClassifier)
-            else np.asarray(probabilities >= exact_from)
-        )
-        contributions = _tree_contributions(self.booster, data, exact)
-        if linear is not None:
-            contributions = (
-                self.tree_weight * contributions + (1 - self.tree_weight) * linear.contributions
+
+        def blend(tree_part: np.ndarray, rows: Any = slice(None)) -> np.ndarray:
+            if linear is None:
+                return tree_part
+            return self.tree_weight * tree_part + (
+                (1 - self.tree_weight) * linear.contributions[rows]
             )
+
+        if exact_from is None or isinstance(self.booster, catboost.CatBoostClassifier):
+            contributions = blend(explain.tree_contributions(self.booster, data))
+            exact = np.ones(len(frame), dtype=bool)
+        else:
+            contributions = blend(explain.tree_contributions(self.booster, data, approximate=True))
+            exact = (probabilities >= exact_from) & (_top_gap(contributions) < exact_gap)
+            rows = np.flatnonzero(exact)
+            if rows.size:
+                exact_tree = explain.tree_contributions(self.booster, data.slice(rows))
+                contributions[rows] = blend(exact_tree, rows)
         return Scored(probabilities=probabilities, contributions=contributions, exact=exact)
 
 
@@ -104,16 +121,10 @@ class Scored:
     exact: np.ndarray  # whether the row's contributions are exact TreeSHAP
 
 
-def _tree_contributions(
-    booster: explain.TreeModel, data: explain.TreeData, exact: np.ndarray
-) -> np.ndarray:
-    if exact.all():
-        return explain.tree_contributions(booster, data)
-    values = explain.tree_contributions(booster, data, approximate=True)
-    rows = np.flatnonzero(exact)
-    if rows.size:
-        values[rows] = explain.tree_contributions(booster, data.slice(rows))
-    return values
+def _top_gap(contributions: np.ndarray) -> np.ndarray:
+    """Per row, how far the largest contribution leads the second largest."""
+    top_two = np.partition(contributions, -2, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
 
 
 def _require_features(frame: pd.DataFrame) -> None:

@@ -132,7 +132,7 @@ def read_feature_chunks(
     with psycopg.connect(url) as conn:
         if skip is not None:
             conn.execute(_NO_NESTED_LOOPS)
-        yield from _stream_chunks(conn, query, columns, chunk_rows)
+        yield from stream_copy_chunks(conn, query, columns, chunk_rows)
 
 
 # The carry-over joins a day's customers against another day's: hash joins, never a nested
@@ -140,9 +140,11 @@ def read_feature_chunks(
 _NO_NESTED_LOOPS = "set enable_nestloop = off"
 
 
-def _stream_chunks(
+def stream_copy_chunks(
     conn: psycopg.Connection, query: sql.Composable, columns: list[str], chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
+    """The CSV rows a ``copy ... to stdout with (format csv)`` query streams, parsed into
+    frames of ``chunk_rows`` rows; ``columns`` name the query's columns in order."""
     pending, lines = bytearray(), 0
     with conn.cursor().copy(query) as copy:
         for block in copy:
@@ -281,15 +283,16 @@ def score_chunk(
     snapshot_date: date,
     bands: RiskBands,
     scored_at: datetime,
+    exact_gap: float = float("inf"),
     times: StageTimes | None = None,
 ) -> pd.DataFrame:
     """Score rows of the feature contract: probability, band and the three reasons that push
-    each customer's risk up most (exact TreeSHAP for the high band, see
-    :meth:`ChurnModel.score`)."""
+    each customer's risk up most. High-band customers get exact TreeSHAP wherever the
+    approximation's top two reasons lie within ``exact_gap`` (see :meth:`ChurnModel.score`)."""
     times = times or StageTimes()
     with times.stage("predict_and_explain"):
         features = feature_frame(frame)
-        scored = model.model.score(features, exact_from=bands.high)
+        scored = model.model.score(features, exact_from=bands.high, exact_gap=exact_gap)
     with times.stage("reasons"):
         return _score_rows(model, frame, features, scored, snapshot_date, bands, scored_at)
 
@@ -402,6 +405,7 @@ def score_partition(
     chunk_rows: int,
     scored_at: datetime,
     reuse_unchanged: bool = True,
+    exact_gap: float = float("inf"),
     on_chunk: Callable[[int], None] | None = None,
     before_commit: Callable[[psycopg.Connection], None] | None = None,
     times: StageTimes | None = None,
@@ -410,7 +414,8 @@ def score_partition(
 
     With ``reuse_unchanged``, customers whose features are the same as on the latest earlier
     date scored by this model version get that date's score copied (see
-    :class:`Carryover`); only the others are read and scored. ``times``, when given,
+    :class:`Carryover`); only the others are read and scored. ``exact_gap`` is passed to
+    :func:`score_chunk`. ``times``, when given,
     receives the seconds per stage (read, predict_and_explain, reasons, write).
     """
     times = times if times is not None else StageTimes()
@@ -425,7 +430,7 @@ def score_partition(
                 return
             yield score_chunk(
                 model, chunk, snapshot_date=snapshot_date, bands=bands, scored_at=scored_at,
-                times=times,
+                exact_gap=exact_gap, times=times,
             )  # fmt: skip
 
     started = time.perf_counter()
