@@ -1,8 +1,13 @@
 """Jobs, schedules and sensors."""
 
+from datetime import date
+
 import dagster as dg
 
 from retention_pipelines.assets.partitions import daily_partitions
+from retention_pipelines.core import drift, performance, retraining
+from retention_pipelines.resources import MlflowResource, WarehouseResource
+from retention_pipelines.settings import get_settings
 
 # Everything snapshot-shaped for one day: ingestion, then the dbt feature tables.
 daily_snapshot_job = dg.define_asset_job(
@@ -20,13 +25,18 @@ retrain_job = dg.define_asset_job(
     tags={"retention/stage": "training"},
 )
 
-# The night: ingest the day's landing file, rebuild its features, score every customer with
-# the champion, refresh what business users read.
+# The night: ingest the day's landing file, rebuild its features (and check their quality),
+# score every customer with the champion, refresh what business users read, and end with the
+# drift report and the realised performance of earlier scores.
 nightly_scoring_job = dg.define_asset_job(
     name="nightly_scoring_job",
-    selection=dg.AssetSelection.groups("ingestion", "staging", "features", "scoring", "analytics"),
+    selection=dg.AssetSelection.groups(
+        "ingestion", "staging", "features", "scoring", "analytics", "monitoring"
+    ),
     partitions_def=daily_partitions,
-    description="One snapshot date end to end: ingestion, features, scores, analytics views.",
+    description=(
+        "One snapshot date end to end: ingestion, features, scores, analytics views, drift."
+    ),
 )
 
 # 02:00 in RETENTION_TIMEZONE, for that day's partition (today's landing file must have
@@ -38,3 +48,57 @@ nightly_scoring_schedule = dg.build_schedule_from_partitioned_job(
     minute_of_hour=0,
     description="Every night at 02:00: the day's snapshot ingested, featurized and scored.",
 )
+
+
+SENSOR_TAG = "retention/sensor"
+
+
+@dg.sensor(
+    name="drift_retrain_sensor",
+    job=retrain_job,
+    minimum_interval_seconds=300,
+    description=(
+        "Retrains once per drifted date (run key retrain-<champion>-<date>) when the latest "
+        "drift report shows drift past the threshold, or the champion's realised ROC AUC "
+        "dropped, and the date's data quality passed; waits RETENTION_RETRAIN_COOLDOWN_DAYS "
+        "after a retraining."
+    ),
+)
+def drift_retrain_sensor(
+    context: dg.SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    mlflow_registry: MlflowResource,
+) -> dg.RunRequest | dg.SkipReason:
+    settings, url = get_settings(), warehouse.url()
+    reports = drift.latest_reports(url)
+    report = reports[0] if reports else None
+    champion = performance.champion_reference(mlflow_registry.client(warehouse))
+    decision = retraining.decide_retraining(
+        report=report,
+        champion_version=champion.version if champion else None,
+        quality_passed=retraining.quality_passed(url, report.snapshot_date) if report else None,
+        last_drift_retrain=_last_drift_retrain(context.instance),
+        cooldown_days=settings.retrain_cooldown_days,
+        performance=(
+            performance.performance_drop(
+                url, champion.version, champion.test_auc, threshold=settings.performance_auc_drop
+            )
+            if champion and champion.test_auc is not None
+            else None
+        ),
+    )
+    if not decision.retrain:
+        return dg.SkipReason(decision.reason)
+    return dg.RunRequest(
+        run_key=decision.run_key, tags={**decision.tags, SENSOR_TAG: "drift_retrain_sensor"}
+    )
+
+
+def _last_drift_retrain(instance: dg.DagsterInstance) -> date | None:
+    """The drifted date of the newest retraining run this sensor requested."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=retrain_job.name, tags={SENSOR_TAG: "drift_retrain_sensor"}),
+        limit=1,
+    )
+    tag = runs[0].tags.get(retraining.DRIFT_DATE_TAG) if runs else None
+    return date.fromisoformat(tag) if tag else None

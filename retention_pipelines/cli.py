@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,6 +28,7 @@ from retention_pipelines.settings import PROJECT_ROOT, get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from retention_pipelines.datagen import SimulatedDay
     from retention_pipelines.demo import DemoReport
     from retention_pipelines.nightly import NightlyProgress
 
@@ -80,6 +81,102 @@ def generate(
         progress.add_task(f"generating {customers:,} customers for {day}", total=None)
         write_landing_csv(path, customers, seed=seed, drift=drift, labelled=labelled)
     console.print(f"wrote {customers:,} customers to {path}")
+
+
+# One line per paragraph: typer's rich help keeps a docstring's line breaks.
+SIMULATE_HELP = (
+    "Write N days of landing files in which the customers drift from a chosen day.\n\n"
+    "Customers persist from day to day: each day the longest-standing --turnover share leaves"
+    " and as many new customers join, the only noise of quiet days.\n\n"
+    "Drift is a step: from day --drift-from (1-based; 0 or none: never) every customer is"
+    " shifted with strength --drift (see retention generate --drift); --ramp-days above 1"
+    " makes it a linear ramp over that many days.\n\n"
+    "Labels arrive --label-lag days late: in each file the customers who were already there"
+    " --label-lag days earlier carry Churn (Yes/No: their outcome as this file describes them,"
+    " so drifted days carry the drifted churn); newer customers have it blank. Day 1 counts"
+    " the base as already that old, so it is labelled too and a first model can train on it."
+)
+
+
+def _parse_drift_from(value: str) -> int:
+    """A 1-based day, or 0 / none / never for no drift."""
+    if value.strip().lower() in {"0", "none", "never"}:
+        return 0
+    try:
+        return int(value)
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"{value!r} is not a day number (or 0 / none)", param_hint="--drift-from"
+        ) from error
+
+
+@app.command(help=SIMULATE_HELP)
+def simulate(
+    days: Annotated[int, typer.Option(help="Number of daily files.")],
+    drift_from: Annotated[str, typer.Option(help="First drifted day, 1..DAYS; 0 or none: never.")],
+    customers: Annotated[int, typer.Option(help="Customers in each file.")] = 5_000,
+    start: Annotated[
+        str, typer.Option(help="Date of day 1, YYYY-MM-DD (default: the last file is today's).")
+    ] = "",
+    drift: Annotated[float, typer.Option(help="Strength reached once drift starts, 0..1.")] = 0.6,
+    label_lag: Annotated[int, typer.Option(help="Days until a customer's label is known.")] = 3,
+    turnover: Annotated[float, typer.Option(help="Share of customers replaced each day.")] = 0.02,
+    ramp_days: Annotated[int, typer.Option(help="Days drift takes to reach --drift.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    landing_dir: Annotated[
+        Path | None, typer.Option(help="Folder (default: the landing folder).")
+    ] = None,
+) -> None:
+    """Write N days of landing files in which the customers drift from a chosen day (see
+    SIMULATE_HELP and datagen.Simulation)."""
+    from retention_pipelines.datagen import Simulation, write_simulation  # noqa: PLC0415
+
+    first_day = _parse_date(start) if start else date.today() - timedelta(days=max(days, 1) - 1)
+    try:
+        simulation = Simulation(
+            customers=customers,
+            days=days,
+            start=first_day,
+            drift_from=_parse_drift_from(drift_from),
+            drift=drift,
+            label_lag=label_lag,
+            turnover=turnover,
+            ramp_days=ramp_days,
+            seed=seed,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    folder = landing_dir or get_settings().resolved_landing_dir
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"simulating {customers:,} customers a day", total=days)
+        written: list[SimulatedDay] = []
+        for result in write_simulation(simulation, folder):
+            written.append(result)
+            progress.update(task, advance=1, description=f"wrote {result.path.name}")
+    _print_simulation(written, folder)
+
+
+def _print_simulation(written: list[SimulatedDay], folder: Path) -> None:
+    table = Table(title=f"Simulated days in {folder}")
+    for column in ("day", "date", "customers", "drift", "labelled", "churn of labelled"):
+        table.add_column(column, justify="left" if column == "date" else "right")
+    for result in written:
+        table.add_row(
+            str(result.day),
+            result.snapshot_date.isoformat(),
+            f"{result.customers:,}",
+            f"{result.drift:.2f}",
+            f"{result.labelled:,}",
+            f"{result.churned / result.labelled:.1%}" if result.labelled else "-",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -73,6 +73,13 @@ comparable customer by customer with the undrifted one.
 
 Customers are drawn in chunks of ``GENERATION_CHUNK_ROWS`` from independent streams spawned from
 ``numpy.random.default_rng(seed)``, so writing a file never holds more than one chunk of text.
+
+A run of days (:class:`Simulation`, :func:`write_simulation`) follows one customer base through
+time, so that drift monitoring, retraining and realised performance have days to work on: the
+same customers day after day (a customer scored today is found again when their label arrives),
+a small daily turnover as the only noise of quiet days, drift from a chosen day on, and labels
+that arrive a fixed number of days after a customer is first seen. :class:`Simulation` states the
+rules.
 """
 
 from __future__ import annotations
@@ -80,7 +87,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -93,9 +102,13 @@ from retention_pipelines.core.schemas import TELCO_COLUMNS
 
 __all__ = [
     "TELCO_COLUMNS",
+    "SimulatedDay",
+    "Simulation",
     "generate_customers",
     "landing_file_name",
+    "simulated_day_chunks",
     "write_landing_csv",
+    "write_simulation",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -256,6 +269,20 @@ _NORMAL_DRAWS: Final = 3
 _CENTS_PER_NICKEL: Final = 5
 _NICKELS_PER_UNIT: Final = 20
 
+# --- Simulated days (see Simulation). ---
+SIMULATION_DRIFT: Final = 0.6  # strength the default run drifts to: the drift report flags it
+SIMULATION_LABEL_LAG_DAYS: Final = 3
+SIMULATION_TURNOVER: Final = 0.02  # share of the customers replaced each day
+# Customer slots are drawn in blocks of this many, each from a stream of its own, so a day's file
+# is written block by block whatever its size, and a slot's customer depends on the seed only.
+SIMULATION_BLOCK_ROWS: Final = 20_000
+# Block b draws its ids from the ids congruent to b modulo this: distinct across blocks by
+# construction, so no block needs to know another's ids. It bounds a run's slots to
+# SIMULATION_ID_STRIPES x SIMULATION_BLOCK_ROWS (200 million).
+SIMULATION_ID_STRIPES: Final = 10_000
+# First spawn key of the block streams: a simulation never replays generate_customers' chunks.
+_SIMULATION_STREAM: Final = 0x51D
+
 
 @dataclasses.dataclass(frozen=True)
 class _CustomerDraws:
@@ -307,12 +334,17 @@ def write_landing_csv(
     sensor watching the landing folder never reads half a file.
     """
     n = _checked_count(n, drift)
+    return _write_text_chunks(path, _text_chunks(n, seed, drift, labelled))
+
+
+def _write_text_chunks(path: Path, chunks: Iterable[dict[str, TextArray]]) -> Path:
+    """Write the header and the chunks' rows to ``path`` atomically (see write_landing_csv)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
         with partial.open("w", encoding="utf-8", newline="") as handle:
             handle.write(",".join(TELCO_COLUMNS) + "\n")
-            for columns in _text_chunks(n, seed, drift, labelled):
+            for columns in chunks:
                 rows = zip(*(columns[name] for name in TELCO_COLUMNS), strict=True)
                 handle.write("\n".join(map(",".join, rows)))
                 handle.write("\n")
@@ -320,6 +352,198 @@ def write_landing_csv(
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulation:
+    """A run of ``days`` daily snapshots of one customer base, reproducible from ``seed``.
+
+    Days are numbered from 1; day ``i`` is dated ``start + (i - 1)`` days.
+
+    Customers. An endless sequence of customer slots is drawn from the seed (independent
+    customers, as in :func:`generate_customers`). Day ``i`` holds the ``customers`` slots from
+    ``(i - 1) x k`` on, where ``k = round(customers x turnover)``: each day the ``k`` customers
+    who have been there longest leave and ``k`` new ones join. Which slots leave is unrelated to
+    who they are, so a quiet day is the same population as the day before, resampled in ``k``
+    customers: this is the only noise of quiet days (a customer who stays keeps their row, byte
+    for byte, until drift changes them), and ``turnover=0`` makes quiet days identical.
+
+    Drift (:meth:`drift_on`). Days before ``drift_from`` have drift 0; from ``drift_from`` on, the
+    strength climbs linearly to ``drift`` over ``ramp_days`` days and stays there. The default,
+    ``ramp_days=1``, is a step: one clean change, so the drift sensor sees one drifted date
+    and a retraining on that date's labels learns the new population at once. Drift applies to
+    the whole day's file, customers who stayed included (``generate_customers`` shifts the same
+    draws, so a customer is comparable with themself across the change); ``drift_from=0`` means
+    never.
+
+    Labels (:attr:`labelled_rows`). A customer's churn outcome is known ``label_lag`` days after
+    they are first seen: in each day's file, the customers who were already there ``label_lag``
+    days earlier carry Churn (Yes/No), the ones who joined since have it blank. The outcome is
+    the generator's for the customer as that day's file describes them, so labelled rows of a
+    drifted day show the drifted population's churn. The base is taken to have turned over the
+    same way before day 1, so day 1 is labelled too: ``customers - label_lag x k`` rows every
+    day, the oldest ones.
+    """
+
+    customers: int
+    days: int
+    start: date
+    drift_from: int = 0
+    drift: float = SIMULATION_DRIFT
+    label_lag: int = SIMULATION_LABEL_LAG_DAYS
+    turnover: float = SIMULATION_TURNOVER
+    ramp_days: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problem = next(self._problems(), None)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _problems(self) -> Iterator[str]:
+        """What makes the run impossible, checked in the order a person reads the options."""
+        if self.days < 1:
+            yield f"days must be at least 1, got {self.days}"
+        if not 0 <= self.drift_from <= self.days:
+            yield (
+                f"drift_from must be a day from 1 to {self.days} (or 0: never),"
+                f" got {self.drift_from}"
+            )
+        if self.customers < 1:
+            yield f"customers must be at least 1, got {self.customers}"
+        if not 0.0 <= self.drift <= 1.0:
+            yield f"drift must be between 0 and 1, got {self.drift}"
+        if self.label_lag < 0:
+            yield f"label_lag must be 0 or more days, got {self.label_lag}"
+        if not 0.0 <= self.turnover <= 1.0:
+            yield f"turnover must be between 0 and 1, got {self.turnover}"
+        if self.ramp_days < 1:
+            yield f"ramp_days must be at least 1, got {self.ramp_days}"
+        if self.seed < 0:
+            yield f"seed must be 0 or more, got {self.seed}"
+        yield from self._capacity_problems()
+
+    def _capacity_problems(self) -> Iterator[str]:
+        if self.labelled_rows < 1:
+            yield (
+                f"no customer would be labelled: {self.label_lag} days of label lag at"
+                f" {self.daily_turnover:,} new customers a day replace all {self.customers:,}"
+            )
+        slots = self.first_slot(self.days) + self.customers
+        if slots > SIMULATION_ID_STRIPES * SIMULATION_BLOCK_ROWS:
+            yield (
+                f"the run needs {slots:,} distinct customers; at most"
+                f" {SIMULATION_ID_STRIPES * SIMULATION_BLOCK_ROWS:,} (fewer days or less turnover)"
+            )
+
+    @property
+    def daily_turnover(self) -> int:
+        """Customers who leave, and join, each day."""
+        return round(self.customers * self.turnover)
+
+    @property
+    def labelled_rows(self) -> int:
+        """Rows with a Churn value in every day's file: the customers of ``label_lag`` days ago."""
+        return self.customers - self.label_lag * self.daily_turnover
+
+    def snapshot_date(self, day: int) -> date:
+        return self.start + timedelta(days=day - 1)
+
+    def first_slot(self, day: int) -> int:
+        """The slot of the longest-standing customer of ``day``; the day holds the next
+        ``customers`` slots from it."""
+        return (day - 1) * self.daily_turnover
+
+    def drift_on(self, day: int) -> float:
+        """Drift strength of ``day``: 0 before ``drift_from``, then a ramp of ``ramp_days`` days
+        (a step when 1) up to ``drift``."""
+        if self.drift_from == 0 or day < self.drift_from:
+            return 0.0
+        return self.drift * min(1.0, (day - self.drift_from + 1) / self.ramp_days)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatedDay:
+    """One written day of a simulation: what the summary of a run shows."""
+
+    day: int
+    snapshot_date: date
+    path: Path
+    customers: int
+    drift: float
+    labelled: int
+    churned: int  # labelled rows with Churn "Yes"
+
+
+def write_simulation(simulation: Simulation, folder: Path) -> Iterator[SimulatedDay]:
+    """Write each day's landing file ``customers_YYYY-MM-DD.csv`` into ``folder``, in date
+    order, and yield its summary once the file is complete.
+
+    A generator, so a caller can show progress: nothing is written until it is iterated, and each
+    file is written block by block (:func:`simulated_day_chunks`), so memory does not grow with
+    the number of customers. Existing files of the same dates are replaced.
+    """
+    for day in range(1, simulation.days + 1):
+        path = folder / landing_file_name(simulation.snapshot_date(day))
+        churn_values: Counter[str] = Counter()
+        chunks = _counting_churn(simulated_day_chunks(simulation, day), churn_values)
+        _write_text_chunks(path, chunks)
+        yield SimulatedDay(
+            day=day,
+            snapshot_date=simulation.snapshot_date(day),
+            path=path,
+            customers=simulation.customers,
+            drift=simulation.drift_on(day),
+            labelled=churn_values["Yes"] + churn_values["No"],
+            churned=churn_values["Yes"],
+        )
+
+
+def simulated_day_chunks(simulation: Simulation, day: int) -> Iterator[dict[str, TextArray]]:
+    """The text columns of ``day``'s customers (see :class:`Simulation`), one block at a time.
+
+    Every block of slots the day touches is drawn whole at the day's drift, so a slot's customer
+    never depends on which day or window asks for it, then cut to the day's slots; all but the
+    day's newest ``label_lag x daily_turnover`` customers keep their Churn value.
+    """
+    first = simulation.first_slot(day)
+    stop = first + simulation.customers
+    labelled_stop = first + simulation.labelled_rows
+    drift = simulation.drift_on(day)
+    for block in range(first // SIMULATION_BLOCK_ROWS, math.ceil(stop / SIMULATION_BLOCK_ROWS)):
+        block_first = block * SIMULATION_BLOCK_ROWS
+        low, high = max(first, block_first), min(stop, block_first + SIMULATION_BLOCK_ROWS)
+        rows = slice(low - block_first, high - block_first)
+        block_text = _simulated_block(simulation.seed, block, drift)
+        columns = {name: values[rows] for name, values in block_text.items()}
+        labelled = np.arange(low, high) < labelled_stop
+        columns["Churn"] = np.where(labelled, columns["Churn"], "")
+        yield columns
+
+
+def _simulated_block(seed: int, block: int, drift: float) -> dict[str, TextArray]:
+    """The labelled text of block ``block``'s customers at ``drift``, from the block's own stream.
+
+    Ids come from residue class ``block`` modulo ``SIMULATION_ID_STRIPES``, drawn without
+    replacement, so they are distinct within the block and across blocks.
+    """
+    spawn_key = (_SIMULATION_STREAM, block)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
+    stripe_ids = rng.choice(
+        CUSTOMER_ID_SPACE // SIMULATION_ID_STRIPES, size=SIMULATION_BLOCK_ROWS, replace=False
+    )
+    ids = block + SIMULATION_ID_STRIPES * stripe_ids
+    return _format_customers(ids, _draw_customers(rng, SIMULATION_BLOCK_ROWS, drift), labelled=True)
+
+
+def _counting_churn(
+    chunks: Iterable[dict[str, TextArray]], counts: Counter[str]
+) -> Iterator[dict[str, TextArray]]:
+    """Pass the chunks through, counting their Churn values into ``counts`` on the way."""
+    for columns in chunks:
+        values, frequencies = np.unique(columns["Churn"].astype(str), return_counts=True)
+        counts.update(dict(zip(values.tolist(), frequencies.tolist(), strict=True)))
+        yield columns
 
 
 def _text_chunks(n: int, seed: int, drift: float, labelled: bool) -> Iterator[dict[str, TextArray]]:

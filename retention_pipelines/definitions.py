@@ -3,9 +3,17 @@
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from retention_pipelines.assets import features, ingestion, scoring, training
+from retention_pipelines.assets import (
+    features,
+    ingestion,
+    monitoring,
+    monitoring_performance,
+    scoring,
+    training,
+)
 from retention_pipelines.automation import (
     daily_snapshot_job,
+    drift_retrain_sensor,
     nightly_scoring_job,
     nightly_scoring_schedule,
     retrain_job,
@@ -18,10 +26,15 @@ from retention_pipelines.resources import (
 )
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([ingestion, features, training, scoring])],
+    assets=[
+        *dg.load_assets_from_modules(
+            [ingestion, features, training, scoring, monitoring, monitoring_performance]
+        )
+    ],
     asset_checks=[*dg.load_asset_checks_from_modules([ingestion, features, training, scoring])],
     jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
     schedules=[nightly_scoring_schedule],
+    sensors=[drift_retrain_sensor],
     resources={
         "warehouse": WarehouseResource(),
         "landing": LandingResource(),

@@ -121,6 +121,63 @@ class RetentionSettings(BaseSettings):
         default=SecretStr("retention_reader"), description="Password of the reader role."
     )
 
+    reports_dir: Path | None = Field(
+        default=None,
+        description="Where drift reports and Data Docs are written. Default: home_dir/reports.",
+    )
+    drift_share_threshold: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Dataset drift: the share of feature columns drifted from which it counts.",
+    )
+    drift_numerical_method: str = Field(
+        default="wasserstein",
+        description="Evidently drift method of numerical columns (and of the probabilities).",
+    )
+    drift_numerical_threshold: float = Field(
+        default=0.1, gt=0, description="Threshold of the numerical drift method."
+    )
+    drift_categorical_method: str = Field(
+        default="jensenshannon", description="Evidently drift method of categorical columns."
+    )
+    drift_categorical_threshold: float = Field(
+        default=0.1, gt=0, description="Threshold of the categorical drift method."
+    )
+    drift_column_methods: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Per-column overrides as JSON, column to "method" or "method:threshold", '
+            'e.g. {"monthly_charges": "psi:0.2"}.'
+        ),
+    )
+    drift_missing_share_jump: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A column's missing share rising this much over the reference is a finding.",
+    )
+    drift_max_rows: int = Field(
+        default=200_000,
+        gt=0,
+        description="Rows of a partition the drift report reads (a seeded sample beyond that).",
+    )
+    retrain_cooldown_days: int = Field(
+        default=7,
+        ge=0,
+        description="Days after a drift-triggered retraining during which the sensor waits.",
+    )
+    performance_horizon_days: int = Field(
+        default=31,
+        gt=0,
+        description="Scores at most this many days older than a labelled snapshot are judged.",
+    )
+    performance_auc_drop: float = Field(
+        default=0.05,
+        gt=0,
+        description="Realised ROC AUC this far below the champion's test AUC triggers retraining.",
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:
         if self.risk_medium_threshold >= self.risk_high_threshold:
@@ -140,6 +197,10 @@ class RetentionSettings(BaseSettings):
     @property
     def resolved_mlflow_artifact_root(self) -> Path:
         return self.mlflow_artifact_root or self.home_dir / "mlartifacts"
+
+    @property
+    def resolved_reports_dir(self) -> Path:
+        return self.reports_dir or self.home_dir / "reports"
 
     @property
     def dagster_home(self) -> Path:

@@ -93,10 +93,9 @@ def mlflow_uri(server_url: str) -> Iterator[str]:
 TELCO_DAY = "2026-01-15"
 
 
-@pytest.fixture(scope="module")
-def telco_warehouse(module_database_url: str, telco_csv: Path, tmp_path_factory) -> str:
-    """This module's database holding the Telco snapshot of ``TELCO_DAY``, ingested and turned
-    into features by the real dbt project."""
+def build_snapshot(url: str, csv: Path, day: str, target_path: Path) -> None:
+    """Ingest ``csv`` as the snapshot of ``day`` and build its features with the real dbt
+    project, as the nightly job does."""
     import json  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     from datetime import date  # noqa: PLC0415
@@ -110,20 +109,27 @@ def telco_warehouse(module_database_url: str, telco_csv: Path, tmp_path_factory)
     from retention_pipelines.settings import get_settings  # noqa: PLC0415
 
     replace_snapshot_partition(
-        module_database_url,
-        snapshot_date=date.fromisoformat(TELCO_DAY),
-        facts=check_landing_file(telco_csv, max_bytes=10**9),
-        chunks=read_validated_chunks(telco_csv, chunk_rows=10_000),
+        url,
+        snapshot_date=date.fromisoformat(day),
+        facts=check_landing_file(csv, max_bytes=10**9),
+        chunks=read_validated_chunks(csv, chunk_rows=10_000),
     )
     project = get_settings().dbt_project_dir
-    with WarehouseResource(database_url=module_database_url).dbt_environment():
+    with WarehouseResource(database_url=url).dbt_environment():
         subprocess.run(
             [dbt_executable(), "build", "--quiet", "--select", "stg_customers customer_features",
              "--project-dir", str(project), "--profiles-dir", str(project),
-             "--target-path", str(tmp_path_factory.mktemp("dbt")),
-             "--vars", json.dumps({"snapshot_date": TELCO_DAY})],
+             "--target-path", str(target_path),
+             "--vars", json.dumps({"snapshot_date": day})],
             check=True,
         )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def telco_warehouse(module_database_url: str, telco_csv: Path, tmp_path_factory) -> str:
+    """This module's database holding the Telco snapshot of ``TELCO_DAY``, ingested and turned
+    into features by the real dbt project."""
+    build_snapshot(module_database_url, telco_csv, TELCO_DAY, tmp_path_factory.mktemp("dbt"))
     return module_database_url
 
 

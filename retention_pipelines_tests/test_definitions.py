@@ -27,7 +27,14 @@ def test_the_asset_graph_runs_from_landing_file_to_champion_model() -> None:
         "churn_risk_scores",
         "customer_risk_latest",
         "risk_band_summary",
+        "feature_drift_report",
+        "realised_model_performance",
     }
+    for monitored in ("feature_drift_report", "realised_model_performance"):
+        assert graph.get(dg.AssetKey(monitored)).parent_keys == {
+            dg.AssetKey("customer_features"),
+            dg.AssetKey("churn_risk_scores"),
+        }
     assert graph.get(dg.AssetKey("training_set")).parent_keys == {dg.AssetKey("customer_features")}
     assert graph.get(dg.AssetKey("champion_model")).parent_keys == {
         dg.AssetKey("training_set"),
@@ -68,6 +75,15 @@ def test_ingestion_checks_block_and_dbt_tests_appear_as_checks() -> None:
         "customer_features:unique_combination_of_columns_customer_features_snapshot_date__customer_id",
     } <= checks
     assert sum(key.startswith("customer_features:") for key in checks) > 20
+
+
+def test_the_night_ends_with_monitoring_and_drift_can_start_a_retraining() -> None:
+    job = defs.resolve_job_def("nightly_scoring_job")
+    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"churn_risk_scores", "feature_drift_report", "realised_model_performance"} <= keys
+    assert "training_set" not in keys
+    sensor = defs.resolve_sensor_def("drift_retrain_sensor")
+    assert sensor.job_name == "retrain_job"
 
 
 def test_every_snapshot_asset_shares_the_daily_partitions() -> None:
