@@ -139,3 +139,22 @@ def telco_features(telco_warehouse: str) -> pd.DataFrame:
     with psycopg.connect(telco_warehouse) as conn:
         cursor = conn.execute("select * from features.customer_features order by customer_id")
         return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
+
+
+def register_champion(client, test_auc: float) -> str:
+    """A registered version whose training run logged ``test_roc_auc``, promoted: what the
+    training stage leaves, without training (the artefact is never loaded)."""
+    import mlflow  # noqa: PLC0415
+
+    from retention_pipelines.core import registry  # noqa: PLC0415
+
+    with mlflow.start_run(run_name="registered-for-a-test") as run:
+        mlflow.log_metric("test_roc_auc", test_auc)
+    if not client.search_registered_models(f"name = '{registry.MODEL_NAME}'"):
+        client.create_registered_model(registry.MODEL_NAME)
+    created = client.create_model_version(
+        registry.MODEL_NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    version = str(created.version)
+    registry.promote(client, version, reason="promoted by a test", actor="pytest")
+    return version

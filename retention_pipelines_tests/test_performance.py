@@ -7,7 +7,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
 import psycopg
@@ -33,7 +32,7 @@ from retention_pipelines.core.training import evaluate
 from retention_pipelines.core.warehouse import copy_frame
 from retention_pipelines.resources import MlflowResource, WarehouseResource
 
-from .conftest import TELCO_DAY
+from .conftest import TELCO_DAY, register_champion
 
 DAY = date.fromisoformat(TELCO_DAY)
 OLD = DAY - timedelta(days=40)  # beyond the default 31-day horizon
@@ -285,20 +284,6 @@ def test_the_plot_is_a_small_png_of_the_realised_auc_history(
     assert realised_auc_plot(frame.iloc[0:0]) == ""
 
 
-def _register_champion(client: mlflow.MlflowClient, test_auc: float) -> str:
-    """A registered version whose training run logged ``test_roc_auc``, promoted: what the
-    training stage leaves, without training (the artefact is never loaded here)."""
-    with mlflow.start_run(run_name="performance-test") as run:
-        mlflow.log_metric("test_roc_auc", test_auc)
-    client.create_registered_model(registry.MODEL_NAME)
-    created = client.create_model_version(
-        registry.MODEL_NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
-    )
-    version = str(created.version)
-    registry.promote(client, version, reason="performance test", actor="pytest")
-    return version
-
-
 @pytest.mark.slow
 def test_the_asset_records_a_labelled_date_and_judges_the_champion(
     telco_warehouse: str,
@@ -312,7 +297,7 @@ def test_the_asset_records_a_labelled_date_and_judges_the_champion(
     )
     client = mlflow_registry.client(warehouse)
     assert champion_reference(client) is None
-    assert _register_champion(client, test_auc=0.99) == "1"
+    assert register_champion(client, test_auc=0.99) == "1"
     assert champion_reference(client) == ChampionReference("1", 0.99)
     resources = {"warehouse": warehouse, "mlflow_registry": mlflow_registry}
 
