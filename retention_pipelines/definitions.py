@@ -18,6 +18,7 @@ from retention_pipelines.automation import (
     nightly_scoring_schedule,
     retrain_job,
 )
+from retention_pipelines.checks.quality import quality_checks
 from retention_pipelines.resources import (
     LandingResource,
     MlflowResource,
@@ -31,7 +32,10 @@ defs = dg.Definitions(
             [ingestion, features, training, scoring, monitoring, monitoring_performance]
         )
     ],
-    asset_checks=[*dg.load_asset_checks_from_modules([ingestion, features, training, scoring])],
+    asset_checks=[
+        *dg.load_asset_checks_from_modules([ingestion, features, training, scoring]),
+        *quality_checks,
+    ],
     jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
     schedules=[nightly_scoring_schedule],
     sensors=[drift_retrain_sensor],

@@ -197,15 +197,14 @@ def _read_sampled(
             "copy (select {columns} from features.customer_features f{joined}"
             " where {where} and {sample}) to stdout with (format csv)"
         ).format(columns=sql.SQL(", ").join(selected), joined=joined, where=where, sample=sample)
-        chunks = [
-            _compact(chunk) for chunk in stream_copy_chunks(conn, query, columns, READ_CHUNK_ROWS)
-        ]
+        chunks = list(stream_copy_chunks(conn, query, columns, READ_CHUNK_ROWS))
     frame = pd.concat(chunks, ignore_index=True) if chunks else _empty(columns)
-    return frame.drop(columns="customer_id"), rows
+    return _compact(frame.drop(columns="customer_id")), rows
 
 
 def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as categories (small), flags as nullable booleans: still model input."""
+    """Text columns as categories (small; after the concat, which would undo categories that
+    differ between chunks), flags as nullable booleans: still model input."""
     for column in CATEGORICAL_FEATURES:
         chunk[column] = chunk[column].astype("category")
     for column in BOOLEAN_FEATURES:

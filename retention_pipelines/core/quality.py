@@ -1,0 +1,531 @@
+"""Data quality of one snapshot date of ``features.customer_features``: a Great Expectations
+suite, its Data Docs, and a summary row in ``monitoring.data_quality``.
+
+dbt's tests guard each column on its own as the table is built; this suite looks at the day
+as a whole, the way a person reading the table would: as many rows as ingestion accepted, no
+unexpected nulls, values in their ranges and sets, and derived columns that agree with their
+sources. Its Data Docs show every expectation with what was observed, for each date.
+
+Great Expectations is imported only when a suite runs (it takes seconds), so loading the
+Dagster code location does not pay for it. Its contexts are ephemeral and in memory: nothing
+but the Data Docs site is written, and analytics are off so nothing reaches for the network.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from retention_pipelines.core.features import (
+    BOOLEAN_FEATURES,
+    CATEGORICAL_FEATURES,
+    LABEL_COLUMN,
+    NUMERIC_FEATURES,
+)
+from retention_pipelines.core.schemas import CATEGORIES, CUSTOMER_ID_PATTERN, MAX_TENURE_MONTHS
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationValidationResult,
+    )
+    from great_expectations.expectations import Expectation
+
+logger = logging.getLogger(__name__)
+
+FEATURES_TABLE: Final = "features.customer_features"
+SUITE_NAME: Final = "customer_features"
+QUALITY_TABLE: Final = "monitoring.data_quality"
+
+# Every column of the table but the snapshot date (the one selected) and the label.
+CHECKED_COLUMNS: Final[tuple[str, ...]] = (
+    "customer_id",
+    *CATEGORICAL_FEATURES,
+    *BOOLEAN_FEATURES,
+    *NUMERIC_FEATURES,
+)
+INTEGER_COLUMNS: Final[tuple[str, ...]] = (
+    "tenure_months",
+    "add_on_service_count",
+    "contract_length_months",
+)
+TENURE_BANDS: Final[tuple[str, ...]] = ("0-6", "7-12", "13-24", "25-48", "49+")
+CONTRACT_MONTHS: Final[dict[str, int]] = {"Month-to-month": 1, "One year": 12, "Two year": 24}
+MAX_ADD_ONS: Final = 6
+# How many offending values a result keeps (the Data Docs show more).
+EXAMPLES_KEPT: Final = 5
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's verdict, as stored in ``monitoring.data_quality.results``."""
+
+    expectation: str
+    column: str | None
+    success: bool
+    observed: Any  # JSON: an observed value, or counts and examples of unexpected values
+    condition: str | None = None  # the rows it applies to, when not all of them
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "expectation": self.expectation,
+            "column": self.column,
+            "condition": self.condition,
+            "success": self.success,
+            "observed": self.observed,
+        }
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The suite's verdict on one snapshot date."""
+
+    snapshot_date: date
+    success: bool
+    rows: int
+    expected_rows: int
+    results: tuple[ExpectationOutcome, ...]
+    docs_path: Path
+
+    @property
+    def expectations(self) -> int:
+        return len(self.results)
+
+    @property
+    def failures(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(outcome for outcome in self.results if not outcome.success)
+
+    @property
+    def message(self) -> str:
+        """One line for a person: what was checked and how it went."""
+        if self.rows == 0:
+            return (
+                f"no rows of {FEATURES_TABLE} for {self.snapshot_date} "
+                f"(raw.customer_snapshots holds {self.expected_rows:,}): nothing to validate"
+            )
+        failed = len(self.failures)
+        verdict = "all met" if failed == 0 else f"{failed} failed"
+        return (
+            f"{self.expectations} expectations on {self.rows:,} rows of {FEATURES_TABLE} "
+            f"for {self.snapshot_date}: {verdict}"
+        )
+
+
+def validate_customer_features(url: str, snapshot_date: date, docs_dir: Path) -> QualityReport:
+    """Run the suite on one date of ``features.customer_features`` and record its verdict.
+
+    The Data Docs of the date are rebuilt under ``docs_dir/<date>/`` and the date's row of
+    ``monitoring.data_quality`` is replaced. An empty partition is a failed suite, not an
+    error: the row-count expectations say so.
+    """
+    features, expected_rows = read_partition(url, snapshot_date)
+    report = run_suite(features, snapshot_date, expected_rows, docs_dir)
+    record_report(url, report)
+    logger.info("%s", report.message)
+    return report
+
+
+# --- Reading the partition. ---
+
+
+def read_partition(url: str, snapshot_date: date) -> tuple[pd.DataFrame, int]:
+    """The date's feature rows and the number of valid raw rows the features were built from.
+
+    Both are read in one repeatable-read transaction, so they describe the same moment. The
+    rows stream out of Postgres with COPY and Arrow parses them as they arrive: the text of a
+    million-row day is never held whole.
+    """
+    columns = [*CHECKED_COLUMNS, LABEL_COLUMN]
+    query = sql.SQL(
+        "copy (select {columns} from features.customer_features where snapshot_date = {day})"
+        " to stdout with (format csv, header true)"
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        day=sql.Literal(snapshot_date),
+    )
+    with psycopg.connect(url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            raw_rows, built = conn.execute(
+                "select (select count(*) from raw.customer_snapshots where snapshot_date = %s),"
+                " to_regclass(%s) is not null",
+                (snapshot_date, FEATURES_TABLE),
+            ).fetchone() or (0, False)
+            if not built:  # dbt has never run on this database: no day has features yet
+                return pd.DataFrame({column: [] for column in columns}), int(raw_rows)
+            with conn.cursor().copy(query) as copy:
+                table = pa_csv.read_csv(io.BufferedReader(_CopyStream(copy)), **_csv_options())
+    return table.to_pandas(split_blocks=True, self_destruct=True), int(raw_rows)
+
+
+class _CopyStream(io.RawIOBase):
+    """A ``COPY ... TO STDOUT`` as a readable binary file, for Arrow's CSV reader.
+
+    Postgres sends a row per message; each read fills the caller's buffer with as many rows
+    as fit, so Arrow sees blocks, not lines.
+    """
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self._copy = copy
+        self._pending = memoryview(b"")
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target):
+            if not self._pending:
+                if self._done:
+                    break
+                self._pending = memoryview(bytes(self._copy.read()))
+                self._done = not self._pending
+                continue
+            size = min(len(target) - filled, len(self._pending))
+            target[filled : filled + size] = self._pending[:size]
+            self._pending = self._pending[size:]
+            filled += size
+        return filled
+
+
+def _csv_options() -> dict[str, Any]:
+    """Postgres' CSV as typed columns: ``t``/``f`` booleans, NULL (unquoted empty) as null."""
+    # Categories dictionary-encoded (pandas categoricals): small codes, not a string per row.
+    types: dict[str, pa.DataType] = {
+        column: pa.dictionary(pa.int32(), pa.string()) for column in CATEGORICAL_FEATURES
+    }
+    types["customer_id"] = pa.string()
+    types |= {column: pa.float64() for column in NUMERIC_FEATURES}
+    types |= {column: pa.int64() for column in INTEGER_COLUMNS}
+    types |= {column: pa.bool_() for column in (*BOOLEAN_FEATURES, LABEL_COLUMN)}
+    return {
+        "convert_options": pa_csv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        )
+    }
+
+
+# --- The suite. ---
+
+
+def feature_expectations(expected_rows: int) -> list[Expectation]:
+    """The expectations on one date of the feature table.
+
+    Every contract column must be filled, except the label ``churned``: it is null for every
+    customer of an unlabelled snapshot, so only its values are checked, not its share of nulls.
+    The rules across columns hold by construction and on the Telco data: the contract length
+    and the internet flag follow from their categorical sources (value sets under a row
+    condition: GE's column-pair set test walks the rows in Python, tens of seconds at a
+    million rows), and a customer billed at least once (tenure 1 or more) has paid at least
+    one month's charge in total.
+    """
+    gxe = _great_expectations().expectations
+    from great_expectations.expectations.row_conditions import Column  # noqa: PLC0415
+
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectTableRowCountToEqual(value=expected_rows),
+        gxe.ExpectColumnValuesToBeUnique(column="customer_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="customer_id", regex=CUSTOMER_ID_PATTERN),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=column) for column in CHECKED_COLUMNS),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="tenure_months", min_value=0, max_value=MAX_TENURE_MONTHS
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0)
+            for column in ("monthly_charges", "total_charges", "avg_monthly_spend")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="add_on_service_count", min_value=0, max_value=MAX_ADD_ONS
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(values))
+            for column, values in _value_sets().items()
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="contract_length_months",
+                value_set=[months],
+                row_condition=Column("contract") == contract,
+            )
+            for contract, months in CONTRACT_MONTHS.items()
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="has_internet",
+            value_set=[False],
+            row_condition=Column("internet_service") == "No",
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="has_internet",
+            value_set=[True],
+            row_condition=Column("internet_service") != "No",
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="total_charges",
+            column_B="monthly_charges",
+            or_equal=True,
+            row_condition=Column("tenure_months") > 0,
+            ignore_row_if="either_value_is_missing",  # a null is the not-null rule's finding
+        ),
+    ]
+
+
+def _value_sets() -> dict[str, tuple[object, ...]]:
+    """Allowed values of the categorical columns: ingestion's categories, the engineered
+    bands and lengths, and the label."""
+    sets: dict[str, tuple[object, ...]] = {
+        column: CATEGORIES[column] for column in CATEGORICAL_FEATURES if column in CATEGORIES
+    }
+    sets["tenure_band"] = TENURE_BANDS
+    sets["contract_length_months"] = tuple(CONTRACT_MONTHS.values())
+    sets[LABEL_COLUMN] = (True, False)
+    return sets
+
+
+def run_suite(
+    features: pd.DataFrame, snapshot_date: date, expected_rows: int, docs_dir: Path
+) -> QualityReport:
+    """Validate a date's feature rows and build its Data Docs under ``docs_dir/<date>/``.
+
+    The site is built in a fresh folder beside it and swapped in when complete, so a failed
+    build leaves the previous site as it was.
+    """
+    site_dir = docs_dir / snapshot_date.isoformat()
+    build_dir = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}-", dir=_made(docs_dir)))
+    try:
+        result = _validate(features, snapshot_date, expected_rows, build_dir)
+        _replace_dir(build_dir, site_dir)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)  # gone already unless the build failed
+    return QualityReport(
+        snapshot_date=snapshot_date,
+        success=bool(result.success),
+        rows=len(features),
+        expected_rows=expected_rows,
+        results=_outcomes(result),
+        docs_path=site_dir / "index.html",
+    )
+
+
+def _validate(
+    features: pd.DataFrame, snapshot_date: date, expected_rows: int, site_dir: Path
+) -> ExpectationSuiteValidationResult:
+    """The suite run on the frame in an in-memory context whose Data Docs go to ``site_dir``."""
+    gx = _great_expectations()
+    context = gx.get_context(mode="ephemeral", project_config=_context_config(site_dir))
+    batch = (
+        context.data_sources.add_pandas("warehouse")
+        .add_dataframe_asset(FEATURES_TABLE)
+        .add_batch_definition_whole_dataframe(snapshot_date.isoformat())
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
+    for expectation in feature_expectations(expected_rows):
+        suite.add_expectation(expectation)
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{SUITE_NAME} {snapshot_date}", data=batch, suite=suite)
+    )
+    result = validation.run(batch_parameters={"dataframe": features}, result_format="SUMMARY")
+    context.build_data_docs()
+    return result
+
+
+def _great_expectations() -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations  # noqa: PLC0415  # seconds to import: only when a suite runs
+
+    return great_expectations
+
+
+def _context_config(site_dir: Path) -> Any:
+    """In-memory stores, no analytics, no progress bars, one local Data Docs site."""
+    from great_expectations.data_context.types.base import (  # noqa: PLC0415
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    return DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites={
+            "local_site": {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(site_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+    )
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _replace_dir(built: Path, target: Path) -> None:
+    """Put a freshly built docs site where the date's site is: a re-run replaces the pages
+    of the previous one instead of piling up beside them."""
+    if target.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+        target.rename(stale / target.name)
+        built.rename(target)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        built.rename(target)
+
+
+# --- Results. ---
+
+
+def _outcomes(result: ExpectationSuiteValidationResult) -> tuple[ExpectationOutcome, ...]:
+    return tuple(_outcome(item) for item in result.results)
+
+
+def _outcome(item: ExpectationValidationResult) -> ExpectationOutcome:
+    config = item.expectation_config
+    kwargs = config.kwargs if config is not None else {}
+    columns = [kwargs[key] for key in ("column", "column_A", "column_B") if key in kwargs]
+    return ExpectationOutcome(
+        expectation=config.type if config is not None else "unknown",
+        column=", ".join(columns) or None,
+        success=bool(item.success),
+        observed=_observed(item),
+        condition=_condition_text(kwargs.get("row_condition")),
+    )
+
+
+def _condition_text(condition: Any) -> str | None:
+    """A row condition as people write it: ``contract == 'One year'``."""
+    if not condition:
+        return None
+    if not isinstance(condition, dict):
+        condition = condition.dict() if hasattr(condition, "dict") else {}
+    try:
+        column, operator = condition["column"]["name"], condition["operator"]
+        return f"{column} {getattr(operator, 'value', operator)} {condition['parameter']!r}"
+    except (KeyError, TypeError):
+        return str(condition)
+
+
+def _observed(item: ExpectationValidationResult) -> Any:
+    """What the expectation saw: its observed value, or how many values broke it and a few
+    of them; the error when it could not be evaluated."""
+    errors = _errors(item.exception_info or {})
+    if errors:
+        return {"error": "; ".join(errors)}
+    result = item.result or {}
+    if "observed_value" in result:
+        return _json_safe(result["observed_value"])
+    return {
+        "unexpected_count": _json_safe(result.get("unexpected_count")),
+        "unexpected_percent": _json_safe(result.get("unexpected_percent")),
+        "unexpected_examples": _json_safe(
+            list(result.get("partial_unexpected_list") or [])[:EXAMPLES_KEPT]
+        ),
+    }
+
+
+def _errors(info: dict[str, Any]) -> list[str]:
+    """The messages of the exceptions an expectation raised: GE keeps one record, or one per
+    metric it failed to compute (a missing column, say)."""
+    records = [info] if "raised_exception" in info else list(info.values())
+    messages = {
+        str(record.get("exception_message"))
+        for record in records
+        if isinstance(record, dict) and record.get("raised_exception")
+    }
+    return sorted(messages)
+
+
+def _json_safe(value: Any) -> Any:
+    """Numpy scalars, tuples and NaN as JSON (NaN, a missing value, becomes null)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def describe_observed(observed: Any) -> str:
+    """An observed value in a few words, for a Markdown table."""
+    if isinstance(observed, dict) and "unexpected_count" in observed:
+        percent = observed.get("unexpected_percent")
+        share = f" ({percent:.2f}%)" if isinstance(percent, int | float) else ""
+        examples = ", ".join(map(str, observed.get("unexpected_examples") or []))
+        return f"{observed['unexpected_count']} unexpected{share}" + (
+            f", e.g. {examples}" if examples else ""
+        )
+    if isinstance(observed, dict) and "error" in observed:
+        return f"error: {observed['error']}"
+    return str(observed)
+
+
+def failures_markdown(report: QualityReport) -> str:
+    """The failed expectations as a Markdown table with what was observed."""
+    if not report.failures:
+        return "No expectation failed."
+    lines = ["| expectation | column | rows | observed |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {item.expectation} | {item.column or ''} | {item.condition or 'all'} | "
+        f"{describe_observed(item.observed).replace('|', '/')} |"
+        for item in report.failures
+    ]
+    return "\n".join(lines)
+
+
+# --- Recording. ---
+
+
+def record_report(url: str, report: QualityReport) -> None:
+    """Replace the date's row of ``monitoring.data_quality`` (one statement, one transaction)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            f"insert into {QUALITY_TABLE}"
+            " (snapshot_date, success, expectations, failed, results, docs_path, checked_at)"
+            " values (%s, %s, %s, %s, %s, %s, now())"
+            " on conflict (snapshot_date) do update set"
+            " success = excluded.success, expectations = excluded.expectations,"
+            " failed = excluded.failed, results = excluded.results,"
+            " docs_path = excluded.docs_path, checked_at = excluded.checked_at",
+            (
+                report.snapshot_date,
+                report.success,
+                report.expectations,
+                len(report.failures),
+                Jsonb([outcome.as_json() for outcome in report.results]),
+                str(report.docs_path),
+            ),
+        )
