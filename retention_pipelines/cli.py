@@ -61,6 +61,18 @@ def _progress() -> Progress:
     )
 
 
+def _bar_progress() -> Progress:
+    """A progress bar with a count, for work whose size is known."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 @app.command()
 def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 5_000,
@@ -147,14 +159,7 @@ def simulate(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     folder = landing_dir or get_settings().resolved_landing_dir
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _bar_progress() as progress:
         task = progress.add_task(f"simulating {customers:,} customers a day", total=days)
         written: list[SimulatedDay] = []
         for result in write_simulation(simulation, folder):
@@ -298,14 +303,7 @@ def score(snapshot_date: DateOption = "") -> None:
     from retention_pipelines.nightly import run_nightly  # noqa: PLC0415
 
     day = _parse_date(snapshot_date)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _bar_progress() as progress:
         steps = progress.add_task(f"nightly_scoring_job {day}", total=None)
         scored = progress.add_task("customers scored", total=None, visible=False)
 

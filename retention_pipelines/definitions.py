@@ -7,7 +7,6 @@ from retention_pipelines.assets import (
     features,
     ingestion,
     monitoring,
-    monitoring_performance,
     scoring,
     training,
 )
@@ -27,11 +26,7 @@ from retention_pipelines.resources import (
 )
 
 defs = dg.Definitions(
-    assets=[
-        *dg.load_assets_from_modules(
-            [ingestion, features, training, scoring, monitoring, monitoring_performance]
-        )
-    ],
+    assets=[*dg.load_assets_from_modules([ingestion, features, training, scoring, monitoring])],
     asset_checks=[
         *dg.load_asset_checks_from_modules([ingestion, features, training, scoring]),
         *quality_checks,

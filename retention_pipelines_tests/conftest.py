@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -158,3 +159,29 @@ def register_champion(client, test_auc: float) -> str:
     version = str(created.version)
     registry.promote(client, version, reason="promoted by a test", actor="pytest")
     return version
+
+
+@contextmanager
+def platform_settings(database_url: str, server_url: str, home: Path) -> Iterator[None]:
+    """The platform's own settings pointed at ``database_url``, a home folder and throwaway
+    Dagster and MLflow databases, as ``retention`` and ``Definitions`` read them."""
+    from retention_pipelines.core import database  # noqa: PLC0415
+    from retention_pipelines.settings import get_settings  # noqa: PLC0415
+
+    names = {
+        "RETENTION_DAGSTER_DATABASE": f"retention_test_dagster_{uuid.uuid4().hex[:8]}",
+        "RETENTION_MLFLOW_DATABASE": f"retention_test_mlflow_{uuid.uuid4().hex[:8]}",
+    }
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RETENTION_DATABASE_URL", database_url)
+    patch.setenv("RETENTION_HOME_DIR", str(home))
+    for key, value in names.items():
+        patch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+        for name in names.values():
+            database.drop_database(server_url, name)

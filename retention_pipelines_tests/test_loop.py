@@ -2,7 +2,6 @@
 week whose data drifts from day 4 runs night after night; the sensor retrains once, a new
 version is registered and the gate's decision recorded."""
 
-import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 
@@ -11,11 +10,13 @@ import psycopg
 import pytest
 
 from retention_pipelines.automation import drift_retrain_sensor
-from retention_pipelines.core import database, registry, retraining
+from retention_pipelines.core import registry, retraining
 from retention_pipelines.datagen import Simulation, write_simulation
 from retention_pipelines.definitions import defs
 from retention_pipelines.resources import MlflowResource, WarehouseResource
 from retention_pipelines.settings import get_settings
+
+from .conftest import platform_settings
 
 pytestmark = pytest.mark.slow
 START = date(2026, 4, 1)
@@ -39,26 +40,12 @@ def platform(
     module_database_url: str, server_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The platform's settings pointed at throwaway stores, with a simulated week landed."""
-    home = tmp_path_factory.mktemp("home")
-    names = {
-        "RETENTION_DAGSTER_DATABASE": f"retention_test_dagster_{uuid.uuid4().hex[:8]}",
-        "RETENTION_MLFLOW_DATABASE": f"retention_test_mlflow_{uuid.uuid4().hex[:8]}",
-    }
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RETENTION_DATABASE_URL", module_database_url)
-    patch.setenv("RETENTION_HOME_DIR", str(home))
-    for key, value in names.items():
-        patch.setenv(key, value)
-    get_settings.cache_clear()
-    simulation = Simulation(customers=1_500, days=DAYS, start=START, drift_from=DRIFT_FROM, seed=11)
-    list(write_simulation(simulation, get_settings().resolved_landing_dir))
-    try:
+    with platform_settings(module_database_url, server_url, tmp_path_factory.mktemp("home")):
+        simulation = Simulation(
+            customers=1_500, days=DAYS, start=START, drift_from=DRIFT_FROM, seed=11
+        )
+        list(write_simulation(simulation, get_settings().resolved_landing_dir))
         yield module_database_url
-    finally:
-        patch.undo()
-        get_settings.cache_clear()
-        for name in names.values():
-            database.drop_database(server_url, name)
 
 
 def _drift_rows(url: str) -> dict[date, tuple[bool, str]]:

@@ -1,7 +1,6 @@
 """The night as operators run it: the schedule's run request, ``retention score --date`` on
 the local Dagster instance, and a backfill over three dates, each partition independent."""
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -11,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from retention_pipelines.cli import app
-from retention_pipelines.core import database
 from retention_pipelines.datagen import write_landing_csv
 from retention_pipelines.definitions import defs
 from retention_pipelines.settings import get_settings
+
+from .conftest import platform_settings
 
 pytestmark = pytest.mark.slow
 DAYS = ("2026-02-01", "2026-02-02", "2026-02-03")
@@ -50,42 +50,29 @@ def local_platform(
     """The platform's own settings pointed at a throwaway warehouse, Dagster database, MLflow
     store and home folder, as ``retention`` would use them; landing files for three days and
     a champion trained on the first."""
-    home = tmp_path_factory.mktemp("home")
-    names = {
-        "RETENTION_DAGSTER_DATABASE": f"retention_test_dagster_{uuid.uuid4().hex[:8]}",
-        "RETENTION_MLFLOW_DATABASE": f"retention_test_mlflow_{uuid.uuid4().hex[:8]}",
-    }
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RETENTION_DATABASE_URL", module_database_url)
-    patch.setenv("RETENTION_HOME_DIR", str(home))
-    for key, value in names.items():
-        patch.setenv(key, value)
-    get_settings.cache_clear()
-    for offset, day in enumerate(DAYS):
-        write_landing_csv(
-            get_settings().resolved_landing_dir / f"customers_{day}.csv", CUSTOMERS, seed=offset
+    with platform_settings(module_database_url, server_url, tmp_path_factory.mktemp("home")):
+        for offset, day in enumerate(DAYS):
+            write_landing_csv(
+                get_settings().resolved_landing_dir / f"customers_{day}.csv",
+                CUSTOMERS,
+                seed=offset,
+            )
+        instance = dg.DagsterInstance.ephemeral()
+        built = defs.resolve_job_def("daily_snapshot_job").execute_in_process(
+            partition_key=DAYS[0], instance=instance
         )
-    instance = dg.DagsterInstance.ephemeral()
-    built = defs.resolve_job_def("daily_snapshot_job").execute_in_process(
-        partition_key=DAYS[0], instance=instance
-    )
-    assert built.success
-    trained = defs.resolve_job_def("retrain_job").execute_in_process(
-        run_config={
-            "ops": {
-                name: {"config": TINY_BUDGET} for name in ("training_set", "churn_model_candidates")
-            }
-        },
-        instance=instance,
-    )
-    assert trained.success
-    try:
+        assert built.success
+        trained = defs.resolve_job_def("retrain_job").execute_in_process(
+            run_config={
+                "ops": {
+                    name: {"config": TINY_BUDGET}
+                    for name in ("training_set", "churn_model_candidates")
+                }
+            },
+            instance=instance,
+        )
+        assert trained.success
         yield module_database_url
-    finally:
-        patch.undo()
-        get_settings.cache_clear()
-        for name in names.values():
-            database.drop_database(server_url, name)
 
 
 def _score_counts(url: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from retention_pipelines.assets.monitoring_performance import (
+from retention_pipelines.assets.monitoring import (
     NO_LABELS,
     realised_model_performance,
 )
