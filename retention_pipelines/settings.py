@@ -93,7 +93,7 @@ class RetentionSettings(BaseSettings):
         description="Carry a score over when a customer's features and the model are unchanged.",
     )
     scoring_exact_gap: float = Field(
-        default=0.05,
+        default=0.04,
         ge=0,
         description=(
             "XGBoost champions: a high-risk customer whose approximate top two reasons lie "
