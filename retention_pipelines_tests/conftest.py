@@ -185,3 +185,22 @@ def platform_settings(database_url: str, server_url: str, home: Path) -> Iterato
         get_settings.cache_clear()
         for name in names.values():
             database.drop_database(server_url, name)
+
+
+# A retraining run small enough for tests that need a champion, not a good one: quality is the
+# training tests' business.
+TINY_TRAINING = {
+    "ops": {
+        name: {
+            "config": {
+                "seed": 3,
+                "xgboost_trials": 3,
+                "xgboost_timeout_s": 30,
+                "catboost_trials": 1,
+                "catboost_timeout_s": 30,
+                "baseline_tolerance": 1.0,
+            }
+        }
+        for name in ("training_set", "churn_model_candidates")
+    }
+}

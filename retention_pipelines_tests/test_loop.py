@@ -16,23 +16,12 @@ from retention_pipelines.definitions import defs
 from retention_pipelines.resources import MlflowResource, WarehouseResource
 from retention_pipelines.settings import get_settings
 
-from .conftest import platform_settings
+from .conftest import TINY_TRAINING, platform_settings
 
 pytestmark = pytest.mark.slow
 START = date(2026, 4, 1)
 DAYS = 7
 DRIFT_FROM = 4
-TINY_BUDGET = {
-    "seed": 3,
-    "xgboost_trials": 3,
-    "xgboost_timeout_s": 30,
-    "catboost_trials": 1,
-    "catboost_timeout_s": 30,
-    "baseline_tolerance": 1.0,
-}
-TRAINING = {
-    "ops": {name: {"config": TINY_BUDGET} for name in ("training_set", "churn_model_candidates")}
-}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +56,7 @@ def test_a_drifting_week_retrains_once_and_the_gate_decides(platform: str) -> No
     )
     assert (
         defs.resolve_job_def("retrain_job")
-        .execute_in_process(run_config=TRAINING, instance=instance)
+        .execute_in_process(run_config=TINY_TRAINING, instance=instance)
         .success
     )
     resources = {"warehouse": WarehouseResource(), "mlflow_registry": MlflowResource()}
@@ -87,7 +76,7 @@ def test_a_drifting_week_retrains_once_and_the_gate_decides(platform: str) -> No
         assert (
             defs.resolve_job_def("retrain_job")
             .execute_in_process(
-                run_config=TRAINING,
+                run_config=TINY_TRAINING,
                 instance=instance,
                 tags={**tick.tags, "dagster/run_key": tick.run_key or ""},
             )

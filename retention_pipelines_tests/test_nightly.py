@@ -14,19 +14,11 @@ from retention_pipelines.datagen import write_landing_csv
 from retention_pipelines.definitions import defs
 from retention_pipelines.settings import get_settings
 
-from .conftest import platform_settings
+from .conftest import TINY_TRAINING, platform_settings
 
 pytestmark = pytest.mark.slow
 DAYS = ("2026-02-01", "2026-02-02", "2026-02-03")
 CUSTOMERS = 800
-TINY_BUDGET = {
-    "seed": 3,
-    "xgboost_trials": 3,
-    "xgboost_timeout_s": 30,
-    "catboost_trials": 1,
-    "catboost_timeout_s": 30,
-    "baseline_tolerance": 1.0,  # quality is the training tests' business, not this module's
-}
 
 
 def test_the_schedule_runs_the_nightly_job_for_that_days_partition_at_two() -> None:
@@ -63,12 +55,7 @@ def local_platform(
         )
         assert built.success
         trained = defs.resolve_job_def("retrain_job").execute_in_process(
-            run_config={
-                "ops": {
-                    name: {"config": TINY_BUDGET}
-                    for name in ("training_set", "churn_model_candidates")
-                }
-            },
+            run_config=TINY_TRAINING,
             instance=instance,
         )
         assert trained.success
