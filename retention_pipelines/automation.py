@@ -5,7 +5,7 @@ from datetime import date
 import dagster as dg
 
 from retention_pipelines.assets.partitions import daily_partitions
-from retention_pipelines.core import drift, performance, retraining
+from retention_pipelines.core import drift, performance, quality, retraining
 from retention_pipelines.resources import MlflowResource, WarehouseResource
 from retention_pipelines.settings import get_settings
 
@@ -76,7 +76,7 @@ def drift_retrain_sensor(
     decision = retraining.decide_retraining(
         report=report,
         champion_version=champion.version if champion else None,
-        quality_passed=retraining.quality_passed(url, report.snapshot_date) if report else None,
+        quality_passed=quality.quality_passed(url, report.snapshot_date) if report else None,
         last_drift_retrain=_last_drift_retrain(context.instance),
         cooldown_days=settings.retrain_cooldown_days,
         performance=(

@@ -57,6 +57,13 @@ def _tick(instance: dg.DagsterInstance, resources: dict) -> dg.RunRequest | dg.S
     return drift_retrain_sensor(dg.build_sensor_context(instance=instance, resources=resources))
 
 
+def _skipped(instance: dg.DagsterInstance, resources: dict) -> str:
+    """The reason of a tick that must not retrain."""
+    result = _tick(instance, resources)
+    assert isinstance(result, dg.SkipReason)
+    return result.skip_message or ""
+
+
 def _launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     """What the daemon does with a request: a run of retrain_job with its tags and key."""
     instance.create_run_for_job(
@@ -98,14 +105,10 @@ def _drifted_day(url: str, day: date, *, quality: bool | None = True) -> None:
 def test_without_a_report_or_without_drift_it_skips_and_says_why(
     database_url: str, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    first = _tick(instance, resources)
-    assert isinstance(first, dg.SkipReason)
-    assert "no drift report yet" in (first.skip_message or "")
+    assert "no drift report yet" in _skipped(instance, resources)
     _drift_report(database_url, DAY, drifted=False)
     _quality(database_url, DAY, success=True)
-    quiet = _tick(instance, resources)
-    assert isinstance(quiet, dg.SkipReason)
-    assert f"no drift on {DAY}" in (quiet.skip_message or "")
+    assert f"no drift on {DAY}" in _skipped(instance, resources)
 
 
 def test_drift_requests_exactly_one_retraining_however_often_it_is_evaluated(
@@ -124,9 +127,7 @@ def test_drift_requests_exactly_one_retraining_however_often_it_is_evaluated(
     assert isinstance(again, dg.RunRequest) and again.run_key == request.run_key
     _launch(instance, request)
     # A restarted daemon (a fresh evaluation context) sees the launched run.
-    after_restart = _tick(instance, resources)
-    assert isinstance(after_restart, dg.SkipReason)
-    assert "cooldown" in (after_restart.skip_message or "")
+    assert "cooldown" in _skipped(instance, resources)
     assert len(instance.get_runs(dg.RunsFilter(job_name="retrain_job"))) == 1
 
 
@@ -139,9 +140,7 @@ def test_the_cooldown_holds_back_consecutive_drifted_days(
     _launch(instance, first)
     for offset in range(1, 7):
         _drifted_day(database_url, DAY + timedelta(days=offset))
-        held = _tick(instance, resources)
-        assert isinstance(held, dg.SkipReason), offset
-        assert "cooldown 7 days" in (held.skip_message or "")
+        assert "cooldown 7 days" in _skipped(instance, resources)
     week_later = DAY + timedelta(days=7)
     _drifted_day(database_url, week_later)
     second = _tick(instance, resources)
@@ -158,9 +157,7 @@ def test_no_retraining_on_data_that_failed_or_skipped_its_quality_suite(
     state: str,
 ) -> None:
     _drifted_day(database_url, DAY, quality=quality)
-    result = _tick(instance, resources)
-    assert isinstance(result, dg.SkipReason)
-    assert f"data quality suite of {DAY} {state}" in (result.skip_message or "")
+    assert f"data quality suite of {DAY} {state}" in _skipped(instance, resources)
 
 
 def test_a_report_against_an_earlier_champion_waits_for_the_next_one(
@@ -168,9 +165,7 @@ def test_a_report_against_an_earlier_champion_waits_for_the_next_one(
 ) -> None:
     _drift_report(database_url, DAY, drifted=True, version="0")
     _quality(database_url, DAY, success=True)
-    result = _tick(instance, resources)
-    assert isinstance(result, dg.SkipReason)
-    assert "the champion is now v1" in (result.skip_message or "")
+    assert "the champion is now v1" in _skipped(instance, resources)
 
 
 def test_a_drop_in_realised_performance_retrains_too(

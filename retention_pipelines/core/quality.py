@@ -529,3 +529,13 @@ def record_report(url: str, report: QualityReport) -> None:
                 str(report.docs_path),
             ),
         )
+
+
+def quality_passed(url: str, snapshot_date: date) -> bool | None:
+    """The date's Great Expectations verdict from ``monitoring.data_quality`` (None: not run)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            f"select success from {QUALITY_TABLE} where snapshot_date = %s",
+            (snapshot_date,),
+        ).fetchone()
+    return None if row is None else bool(row[0])

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-import psycopg
-
 from retention_pipelines.core.drift import StoredDrift
 from retention_pipelines.core.performance import PerformanceDrop
 
@@ -112,13 +110,3 @@ def _held_back(
             f"{(day - last_drift_retrain).days} days before (cooldown {cooldown_days} days)"
         )
     return None
-
-
-def quality_passed(url: str, snapshot_date: date) -> bool | None:
-    """The date's Great Expectations verdict from ``monitoring.data_quality`` (None: not run)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "select success from monitoring.data_quality where snapshot_date = %s",
-            (snapshot_date,),
-        ).fetchone()
-    return None if row is None else bool(row[0])
