@@ -25,7 +25,13 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 
-install: .venv/.installed ## Create .venv and install the locked dependencies
+# The dbt manifest Dagster loads the dbt assets from, parsed at build time (dagster dev
+# re-parses on every load); rebuilt when a model, macro, test or the project file changes.
+DBT_MANIFEST := dbt_project/target/manifest.json
+$(DBT_MANIFEST): .venv/.installed dbt_project/dbt_project.yml $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f 2>/dev/null)
+	$(RUN) dbt parse --quiet --project-dir dbt_project --profiles-dir dbt_project
+
+install: .venv/.installed $(DBT_MANIFEST) ## Create .venv, install the locked dependencies, parse the dbt project
 
 demo: install ## Start the embedded Postgres, build today's partition, serve the Dagster UI on :3000
 	$(RUN) retention demo --port $(PORT)

@@ -31,7 +31,7 @@ ingested with the ingestion core and built with the real dbt project (``stg_cust
    the ``snapshot_date`` var builds all dates at once (``customer_features`` is incremental:
    on a fresh database that is its first build, which selects every snapshot). Day 1's
    labelled rows are the reference; days 2 to ``--days`` are each compared with it using the
-   production settings (``assets.monitoring.drift_config(get_settings())``), without
+   production settings (``MonitoringResource.drift_config()`` of the settings), without
    probabilities. It prints the per-day drift share of both runs, the detection rate (share of
    days from ``--drift-from`` on with dataset drift), the false-alarm rate (share of earlier
    days with it, and of all quiet days) and the first day detected.
@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,9 +60,9 @@ import psycopg
 
 from retention_pipelines.core import database, drift
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
-from retention_pipelines.core.warehouse import replace_snapshot_partition
+from retention_pipelines.core.warehouse.raw import replace_snapshot_partition
 from retention_pipelines.datagen import Simulation, write_landing_csv, write_simulation
-from retention_pipelines.resources import WarehouseResource, dbt_executable
+from retention_pipelines.resources import MonitoringResource, WarehouseResource, dbt_executable
 from retention_pipelines.settings import get_settings
 
 TELCO_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "telco_customer_churn.csv"
@@ -327,11 +326,17 @@ class SimulatedReport:
 
 
 def _detection(server: str, folder: Path, args: argparse.Namespace) -> None:
-    with warnings.catch_warnings():  # Dagster's beta warnings, at import: not a figure
-        warnings.simplefilter("ignore")
-        from retention_pipelines.assets.monitoring import drift_config  # noqa: PLC0415
-
-    config = drift_config(get_settings())
+    settings = get_settings()
+    config = MonitoringResource(
+        drift_share_threshold=settings.drift_share_threshold,
+        drift_numerical_method=settings.drift_numerical_method,
+        drift_numerical_threshold=settings.drift_numerical_threshold,
+        drift_categorical_method=settings.drift_categorical_method,
+        drift_categorical_threshold=settings.drift_categorical_threshold,
+        drift_column_methods=settings.drift_column_methods,
+        drift_missing_share_jump=settings.drift_missing_share_jump,
+        drift_max_rows=settings.drift_max_rows,
+    ).drift_config()
     print(
         f"\n--- 2. Detection over {args.days} simulated days "
         f"({args.sim_customers:,} customers a day; reference: day 1's labelled rows) ---"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from retention_pipelines.core import database
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
-from retention_pipelines.core.warehouse import replace_snapshot_partition
+from retention_pipelines.core.warehouse.raw import replace_snapshot_partition
 from retention_pipelines.settings import get_settings
 
 

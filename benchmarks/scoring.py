@@ -38,16 +38,16 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from retention_pipelines.churn_model import ChurnModel
 from retention_pipelines.core import database, registry, scoring
 from retention_pipelines.core.features import feature_frame
-from retention_pipelines.core.model import ChurnModel
 from retention_pipelines.core.model_search import (
     MODEL_KINDS,
     TrainingResult,
     blend_and_calibrate,
     refit_candidate,
 )
-from retention_pipelines.core.training import THREADS, TrainingSplit, labels_of
+from retention_pipelines.core.training import THREADS, TrainingSplit, fit_baseline, labels_of
 from retention_pipelines.datagen import write_landing_csv
 from retention_pipelines.settings import get_settings
 
@@ -100,7 +100,7 @@ def _prepare(
 
     from retention_pipelines.assets.features import retention_dbt_models  # noqa: PLC0415
     from retention_pipelines.assets.ingestion import raw_customer_snapshot  # noqa: PLC0415
-    from retention_pipelines.definitions import defs  # noqa: PLC0415
+    from retention_pipelines.definitions import load_definitions  # noqa: PLC0415
 
     landing = folder / "landing"
     days = {n: f"2026-04-{index + 1:02d}" for index, n in enumerate(sorted(args.customers))}
@@ -119,10 +119,14 @@ def _prepare(
         )
         print(f"built snapshot {day} in {time.perf_counter() - started:.1f} s", flush=True)
     config = {"config": {**SMALL_BUDGET, "baseline_tolerance": 1.0}}
-    run = defs.resolve_job_def("retrain_job").execute_in_process(
-        resources=resources,
-        instance=instance,
-        run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
+    run = (
+        load_definitions()
+        .resolve_job_def("retrain_job")
+        .execute_in_process(
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
+        )
     )
     training: TrainingResult = run.output_for_node("churn_model_candidates")
     split: TrainingSplit = run.output_for_node("training_set")
@@ -141,11 +145,13 @@ def _resources(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str,
         dbt_executable,
     )
 
+    warehouse = WarehouseResource(database_url=url)
     return {
-        "warehouse": WarehouseResource(database_url=url),
+        "warehouse": warehouse,
         "landing": LandingResource(landing_dir=str(folder / "landing")),
         "dbt": DbtCliResource(project_dir=retention_dbt_project, dbt_executable=dbt_executable()),
         "mlflow_registry": MlflowResource(
+            warehouse=warehouse,
             tracking_uri=registry.mlflow_tracking_uri(server, mlflow_db),
             artifact_root=str(folder / "mlartifacts"),
         ),
@@ -154,15 +160,13 @@ def _resources(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str,
 
 def _models(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str, Path]:
     """The champion as registered, and the other family fitted with its tuned parameters."""
-    from retention_pipelines.resources import MlflowResource, WarehouseResource  # noqa: PLC0415
+    from mlflow import MlflowClient  # noqa: PLC0415
 
-    client = MlflowResource(
-        tracking_uri=registry.mlflow_tracking_uri(server, mlflow_db),
-        artifact_root=str(folder / "mlartifacts"),
-    ).client(WarehouseResource(database_url=url))
-    pyfunc, version = registry.load_champion(client)
-    champion: ChurnModel = pyfunc.unwrap_python_model().model
+    client = MlflowClient(registry.mlflow_tracking_uri(server, mlflow_db))
+    champion, version = registry.load_champion(client)
     training, split = pickle.loads((folder / "training.pkl").read_bytes())  # noqa: S301
+    # The champion's logistic part, refitted as training fitted it (same data, same seed).
+    baseline = fit_baseline(champion.encoder, split, seed=get_settings().training_seed)
     other_kind = next(kind for kind in MODEL_KINDS if kind != champion.kind)
     booster, _, _ = refit_candidate(
         other_kind,
@@ -171,14 +175,13 @@ def _models(url: str, server: str, mlflow_db: str, folder: Path) -> dict[str, Pa
         split,
         get_settings().training_seed,
     )
-    assert champion.linear is not None  # noqa: S101
     other, _, _ = blend_and_calibrate(
-        other_kind, booster, champion.linear, champion.encoder, split, get_settings().training_seed
+        other_kind, booster, baseline, champion.encoder, split, get_settings().training_seed
     )
     reference, _, _ = blend_and_calibrate(
         "xgboost",
         _reference_xgboost(champion, split),
-        champion.linear,
+        baseline,
         champion.encoder,
         split,
         get_settings().training_seed,
@@ -416,7 +419,14 @@ def _score_naive(url: str, day: date, model: ChurnModel, rows: int) -> dict[str,
 
 def _agreement(url: str, day: date, model: ChurnModel, rows: int) -> dict[str, float]:
     """Top reason as scoring names it against exact TreeSHAP of every row, on a sample."""
-    frame = feature_frame(next(scoring.read_feature_chunks(url, day, rows)))
+    import psycopg  # noqa: PLC0415
+
+    from retention_pipelines.core.warehouse import features  # noqa: PLC0415
+
+    with psycopg.connect(url) as conn:
+        frame = feature_frame(
+            next(features.read_features(conn, features.on_date(day), chunk_rows=rows))
+        )
     settings = get_settings()
     started = time.perf_counter()
     exact = model.score(frame)

@@ -29,7 +29,7 @@ from retention_pipelines.assets.features import retention_dbt_models, retention_
 from retention_pipelines.assets.ingestion import raw_customer_snapshot
 from retention_pipelines.core import database, registry
 from retention_pipelines.core.model_search import TrainingResult
-from retention_pipelines.definitions import defs
+from retention_pipelines.definitions import load_definitions
 from retention_pipelines.resources import (
     LandingResource,
     MlflowResource,
@@ -58,15 +58,15 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copyfile(TELCO, Path(folder) / f"customers_{DAY}.csv")
+            warehouse = WarehouseResource(database_url=database.with_database(server, warehouse_db))
             resources = {
-                "warehouse": WarehouseResource(
-                    database_url=database.with_database(server, warehouse_db)
-                ),
+                "warehouse": warehouse,
                 "landing": LandingResource(landing_dir=folder),
                 "dbt": DbtCliResource(
                     project_dir=retention_dbt_project, dbt_executable=dbt_executable()
                 ),
                 "mlflow_registry": MlflowResource(
+                    warehouse=warehouse,
                     tracking_uri=registry.mlflow_tracking_uri(server, mlflow_db),
                     artifact_root=str(Path(folder) / "mlartifacts"),
                 ),
@@ -95,11 +95,15 @@ def _train(
 ) -> tuple[float, TrainingResult] | None:
     config = {"config": {"seed": seed}}
     started = time.perf_counter()
-    result = defs.resolve_job_def("retrain_job").execute_in_process(
-        resources=resources,
-        instance=instance,
-        run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
-        raise_on_error=False,
+    result = (
+        load_definitions()
+        .resolve_job_def("retrain_job")
+        .execute_in_process(
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"training_set": config, "churn_model_candidates": config}},
+            raise_on_error=False,
+        )
     )
     if not result.success:
         failure = next(event for event in result.all_events if event.is_step_failure)

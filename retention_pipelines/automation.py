@@ -5,9 +5,9 @@ from datetime import date
 import dagster as dg
 
 from retention_pipelines.assets.partitions import daily_partitions
-from retention_pipelines.core import drift, performance, quality, retraining
-from retention_pipelines.resources import MlflowResource, WarehouseResource
-from retention_pipelines.settings import get_settings
+from retention_pipelines.core import performance, retraining
+from retention_pipelines.core.warehouse.monitoring import quality_passed
+from retention_pipelines.resources import MlflowResource, MonitoringResource, WarehouseResource
 
 # Everything snapshot-shaped for one day: ingestion, then the dbt feature tables.
 daily_snapshot_job = dg.define_asset_job(
@@ -68,20 +68,24 @@ def drift_retrain_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
+    monitoring: MonitoringResource,
 ) -> dg.RunRequest | dg.SkipReason:
-    settings, url = get_settings(), warehouse.url()
-    reports = drift.latest_reports(url)
+    url = warehouse.url()
+    reports = retraining.latest_reports(url)
     report = reports[0] if reports else None
-    champion = performance.champion_reference(mlflow_registry.client(warehouse))
+    champion = performance.champion_reference(mlflow_registry.client)
     decision = retraining.decide_retraining(
         report=report,
         champion_version=champion.version if champion else None,
-        quality_passed=quality.quality_passed(url, report.snapshot_date) if report else None,
+        quality_passed=quality_passed(url, report.snapshot_date) if report else None,
         last_drift_retrain=_last_drift_retrain(context.instance),
-        cooldown_days=settings.retrain_cooldown_days,
+        cooldown_days=monitoring.retrain_cooldown_days,
         performance=(
             performance.performance_drop(
-                url, champion.version, champion.test_auc, threshold=settings.performance_auc_drop
+                url,
+                champion.version,
+                champion.test_auc,
+                threshold=monitoring.performance_auc_drop,
             )
             if champion and champion.test_auc is not None
             else None

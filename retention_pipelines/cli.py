@@ -1,9 +1,12 @@
-"""The ``retention`` command: generate and land data, manage the database, run the demo."""
+"""The ``retention`` command: generate and land data, train and score through the local
+Dagster instance, manage the database and the model's aliases, run the demo."""
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
+import shlex
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 
     from retention_pipelines.datagen import SimulatedDay
     from retention_pipelines.demo import DemoReport
-    from retention_pipelines.nightly import NightlyProgress
+    from retention_pipelines.local_runs import RunOutcome, RunProgress
 
 app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
 db_app = typer.Typer(
@@ -40,6 +43,16 @@ app.add_typer(db_app, name="db")
 model_app = typer.Typer(help="The churn model's aliases in the MLflow registry.")
 app.add_typer(model_app, name="model")
 console = Console()
+# Libraries that report their own bookkeeping at INFO (creating MLflow's tables, migrations):
+# the command line says what it did itself.
+QUIET_LOGGERS = ("mlflow", "alembic")
+
+
+@app.callback()
+def main() -> None:
+    """RetentionAI: churn scores, reasons and drift, orchestrated by Dagster."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 DateOption = Annotated[
     str, typer.Option("--date", help="Snapshot date, YYYY-MM-DD (default: today).")
@@ -61,15 +74,17 @@ def _progress() -> Progress:
     )
 
 
-def _bar_progress() -> Progress:
-    """A progress bar with a count, for work whose size is known."""
+def _bar_progress(on: Console | None = None, *, transient: bool = False) -> Progress:
+    """A progress bar with a count, for work whose size is known; a ``transient`` one is
+    gone when the work is done (a summary follows it)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=on or console,
+        transient=transient,
     )
 
 
@@ -231,15 +246,18 @@ def db_stop() -> None:
     console.print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
 
 
+def _tracking_uri() -> str:
+    from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
+    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
+
+    settings = get_settings()
+    return mlflow_tracking_uri(settings_database_url(settings), settings.mlflow_database)
+
+
 def _mlflow_client() -> MlflowClient:
     from mlflow import MlflowClient  # noqa: PLC0415
 
-    from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
-    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
-
-    return MlflowClient(
-        mlflow_tracking_uri(prepared_database_url(), get_settings().mlflow_database)
-    )
+    return MlflowClient(_tracking_uri())
 
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded with the change.")]
@@ -248,10 +266,7 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded with 
 @model_app.command("tracking-uri")
 def model_tracking_uri() -> None:
     """Print MLflow's backend-store URI (the mlflow database on the platform's Postgres)."""
-    from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
-    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
-
-    print(mlflow_tracking_uri(prepared_database_url(), get_settings().mlflow_database))
+    print(_tracking_uri())
 
 
 @model_app.command("promote")
@@ -290,35 +305,184 @@ def model_rollback(reason: ReasonOption) -> None:
 @app.command("dagster-home")
 def dagster_home() -> None:
     """Write the local Dagster instance config (Postgres storage) and print DAGSTER_HOME."""
-    from retention_pipelines.instance import write_local_instance  # noqa: PLC0415
-    from retention_pipelines.resources import prepared_database_url  # noqa: PLC0415
+    print(_local_dagster_home())
 
-    print(write_local_instance(get_settings(), prepared_database_url()))
+
+@app.command("env")
+def env(
+    dotenv: Annotated[
+        Path | None,
+        typer.Option(help="Also write DAGSTER_HOME into this .env file (Dagster reads ./.env)."),
+    ] = None,
+) -> None:
+    """Print ``export DAGSTER_HOME=...`` for the local instance: ``eval "$(retention env)"``
+    lets Dagster's own commands (``dagster job list``, ``dagster asset materialize``) use it."""
+    home = _local_dagster_home()
+    if dotenv is not None:
+        write_dotenv(dotenv, "DAGSTER_HOME", str(home))
+    print(f"export DAGSTER_HOME={shlex.quote(str(home))}")
+
+
+def _local_dagster_home() -> Path:
+    from retention_pipelines.instance import write_local_instance  # noqa: PLC0415
+    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
+
+    settings = get_settings()
+    return write_local_instance(settings, settings_database_url(settings))
+
+
+def write_dotenv(path: Path, name: str, value: str) -> None:
+    """Set ``name`` in a dotenv file, keeping its other lines."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [line for line in lines if not line.strip().startswith(f"{name}=")]
+    path.write_text("\n".join([*kept, f"{name}={value}"]) + "\n", encoding="utf-8")
+
+
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show the run's log instead of a progress bar.")
+]
+
+
+def _log_path(job: str) -> Path:
+    from datetime import datetime  # noqa: PLC0415
+
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")  # the operator's clock
+    return get_settings().home_dir / "logs" / f"{job}-{stamp}.log"
+
+
+def _run_with_progress(
+    job: str,
+    *,
+    partition_key: str | None = None,
+    run_config: dict[str, object] | None = None,
+    verbose: bool,
+    counters: dict[str, tuple[str, str, str]],
+) -> RunOutcome:
+    """Run ``job`` on the local instance. The terminal shows its steps and, per asset in
+    ``counters`` (asset: label, done key, total key), a bar of what the asset observed; the
+    run's log goes to a file, or to the terminal with ``verbose``."""
+    from retention_pipelines.local_runs import run_job, terminal  # noqa: PLC0415
+
+    settings = get_settings()
+    if verbose:
+        return run_job(settings, job, partition_key=partition_key, run_config=run_config)
+    with _bar_progress(Console(file=terminal()), transient=True) as progress:
+        steps = progress.add_task(f"{job} {partition_key or ''}".strip(), total=None)
+        bars = {
+            asset: progress.add_task(label, total=None, visible=False)
+            for asset, (label, _, _) in counters.items()
+        }
+
+        def show(update: RunProgress) -> None:
+            progress.update(steps, description=update.describe(), completed=update.steps_done,
+                            total=update.steps_total)  # fmt: skip
+            for asset, (label, done, total) in counters.items():
+                seen = update.observed.get(asset, {})
+                if done in seen:
+                    description = f"{label} {seen['study']}" if "study" in seen else label
+                    progress.update(bars[asset], visible=True, completed=seen[done],
+                                    total=seen.get(total), description=description)  # fmt: skip
+
+        return run_job(
+            settings,
+            job,
+            partition_key=partition_key,
+            run_config=run_config,
+            on_progress=show,
+            log_path=_log_path(job),
+        )
+
+
+def _report_run(outcome: RunOutcome, summary: str) -> None:
+    """One line of what the run did, where its log is, and how to look at it in the UI."""
+    if not outcome.success:
+        console.print(f"[red]run {outcome.run_id} failed[/red]: {outcome.error}", soft_wrap=True)
+    else:
+        console.print(summary, soft_wrap=True)
+    if outcome.log_path is not None:
+        console.print(f"log: {outcome.log_path}", soft_wrap=True)
+    console.print(f"run {outcome.run_id}: in the Dagster UI (make dev) under Runs", soft_wrap=True)
+    if not outcome.success:
+        raise typer.Exit(code=1)
 
 
 @app.command()
-def score(snapshot_date: DateOption = "") -> None:
-    """Run the nightly job for one date (ingestion, features, scores, analytics) through the
-    local Dagster instance, with a progress bar; the run shows in the UI afterwards."""
-    from retention_pipelines.nightly import run_nightly  # noqa: PLC0415
+def train(
+    xgboost_trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials for XGBoost (default: settings).")
+    ] = None,
+    catboost_trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials for CatBoost (default: settings).")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train a churn model on the latest labelled snapshot (``retrain_job`` on the local
+    Dagster instance): tune, register a challenger, and let the gate decide on the champion."""
+    from retention_pipelines.core.warehouse.features import labelled_dates  # noqa: PLC0415
+    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
+
+    settings = get_settings()
+    if not labelled_dates(settings_database_url(settings), settings.training_snapshots):
+        console.print(
+            "[red]no labelled snapshot to train on[/red]: build one first "
+            "(`make demo` builds today's, or `retention score --date D` for a landed file)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+    overrides = {
+        key: value
+        for key, value in (
+            ("xgboost_trials", xgboost_trials),
+            ("catboost_trials", catboost_trials),
+        )
+        if value is not None
+    }
+    config = {"ops": {"churn_model_candidates": {"config": overrides}}} if overrides else None
+    outcome = _run_with_progress(
+        "retrain_job",
+        run_config=config,
+        verbose=verbose,
+        counters={"churn_model_candidates": ("Optuna trials", "trials_done", "trials_budget")},
+    )
+    gate = outcome.materialized.get("champion_model", {})
+    registered = outcome.materialized.get("registered_churn_model", {})
+    _report_run(
+        outcome,
+        f"registered churn-model version {registered.get('version', '?')}: "
+        f"{gate.get('decision', '?')} ({gate.get('reason', '')})",
+    )
+
+
+@app.command()
+def score(snapshot_date: DateOption = "", verbose: VerboseOption = False) -> None:
+    """Run the nightly job for one date (ingestion, features, scores, analytics, drift)
+    through the local Dagster instance, with a progress bar; the run shows in the UI
+    afterwards."""
+    from retention_pipelines.core import registry  # noqa: PLC0415
 
     day = _parse_date(snapshot_date)
-    with _bar_progress() as progress:
-        steps = progress.add_task(f"nightly_scoring_job {day}", total=None)
-        scored = progress.add_task("customers scored", total=None, visible=False)
-
-        def on_progress(update: NightlyProgress) -> None:
-            progress.update(steps, description=update.describe(), completed=update.steps_done,
-                            total=update.steps_total)  # fmt: skip
-            if update.customers_total:
-                progress.update(scored, visible=True, completed=update.customers_scored,
-                                total=update.customers_total)  # fmt: skip
-
-        outcome = run_nightly(get_settings(), day, on_progress=on_progress)
-    if not outcome.success:
-        console.print(f"[red]run {outcome.run_id} failed[/red]: {outcome.error}")
+    if registry.champion_version(_mlflow_client()) is None:
+        console.print(
+            f"[red]no champion model yet[/red]: train one with `retention train` "
+            f"(after `make demo`, or on a labelled snapshot), then score {day}",
+            soft_wrap=True,
+        )
         raise typer.Exit(code=1)
-    console.print(f"run {outcome.run_id} scored {outcome.customers_scored:,} customers of {day}")
+    outcome = _run_with_progress(
+        "nightly_scoring_job",
+        partition_key=day.isoformat(),
+        verbose=verbose,
+        counters={"churn_risk_scores": ("customers scored", "customers_scored", "customers_total")},
+    )
+    scores = outcome.materialized.get("churn_risk_scores", {})
+    bands = ", ".join(
+        f"{scores.get(f'{band}_risk_customers', 0):,} {band}" for band in ("high", "medium", "low")
+    )
+    _report_run(
+        outcome,
+        f"scored {scores.get('dagster/row_count', 0):,} customers of {day} with "
+        f"churn-model v{scores.get('model_version', '?')}: {bands}",
+    )
 
 
 @app.command()
@@ -329,8 +493,18 @@ def demo(
 ) -> None:
     """Build today's partition of everything, print what was built, then serve the Dagster UI."""
     from retention_pipelines.demo import run_demo  # noqa: PLC0415
+    from retention_pipelines.local_runs import terminal  # noqa: PLC0415
 
-    report = run_demo(get_settings(), customers=customers, console=console)
+    with _bar_progress(Console(file=terminal()), transient=True) as progress:
+        task = progress.add_task("building today's snapshot", total=None)
+
+        def show(update: RunProgress) -> None:
+            progress.update(task, description=update.describe(), completed=update.steps_done,
+                            total=update.steps_total)  # fmt: skip
+
+        report = run_demo(
+            get_settings(), customers=customers, on_progress=show, log_path=_log_path("demo")
+        )
     _print_report(report)
     if serve:
         env = {**os.environ, "DAGSTER_HOME": str(report.dagster_home)}
@@ -352,5 +526,8 @@ def _print_report(report: DemoReport) -> None:
     console.print(table)
     console.print(
         f"Warehouse: {report.database_url}\n"
-        "Look at: raw.customer_snapshots, raw.customer_rejects, features.customer_features"
+        "Look at: raw.customer_snapshots, raw.customer_rejects, features.customer_features\n"
+        "Next: `retention train` (a first champion), then `retention score` (today's scores)"
     )
+    if report.log_path is not None:
+        console.print(f"log: {report.log_path}")

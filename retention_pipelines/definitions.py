@@ -1,45 +1,46 @@
-"""The code location: one Definitions object assembling what the stage modules define."""
+"""The code location: one Definitions object, assembled when Dagster loads the location.
+
+Importing this module builds nothing: no dbt parse, no database, no file. Dagster finds the
+``@dg.definitions`` function and calls it when it loads the code location (``dagster dev``,
+the webserver, a run worker); that is when the stage modules are imported and the resources
+built from the settings (``RETENTION_*``).
+"""
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
-from retention_pipelines.assets import (
-    features,
-    ingestion,
-    monitoring,
-    scoring,
-    training,
-)
-from retention_pipelines.automation import (
-    daily_snapshot_job,
-    drift_retrain_sensor,
-    nightly_scoring_job,
-    nightly_scoring_schedule,
-    retrain_job,
-)
-from retention_pipelines.checks.quality import quality_checks
-from retention_pipelines.resources import (
-    LandingResource,
-    MlflowResource,
-    WarehouseResource,
-    dbt_executable,
-)
 
-defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([ingestion, features, training, scoring, monitoring])],
-    asset_checks=[
-        *dg.load_asset_checks_from_modules([ingestion, features, training, scoring]),
-        *quality_checks,
-    ],
-    jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
-    schedules=[nightly_scoring_schedule],
-    sensors=[drift_retrain_sensor],
-    resources={
-        "warehouse": WarehouseResource(),
-        "landing": LandingResource(),
-        "mlflow_registry": MlflowResource(),
-        "dbt": DbtCliResource(
-            project_dir=features.retention_dbt_project, dbt_executable=dbt_executable()
-        ),
-    },
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    return load_definitions()
+
+
+def load_definitions() -> dg.Definitions:
+    """The Definitions object, for Dagster and for the platform's own runs and tests."""
+    # Loading, not importing, pays for the stage modules and the libraries they import.
+    from retention_pipelines.assets import (  # noqa: PLC0415
+        features,
+        ingestion,
+        monitoring,
+        scoring,
+        training,
+    )
+    from retention_pipelines.automation import (  # noqa: PLC0415
+        daily_snapshot_job,
+        drift_retrain_sensor,
+        nightly_scoring_job,
+        nightly_scoring_schedule,
+        retrain_job,
+    )
+    from retention_pipelines.checks.quality import quality_checks  # noqa: PLC0415
+    from retention_pipelines.resources import resources_from_settings  # noqa: PLC0415
+    from retention_pipelines.settings import get_settings  # noqa: PLC0415
+
+    stages = [ingestion, features, training, scoring, monitoring]
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(stages),
+        asset_checks=[*dg.load_asset_checks_from_modules(stages), *quality_checks],
+        jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
+        schedules=[nightly_scoring_schedule],
+        sensors=[drift_retrain_sensor],
+        resources=resources_from_settings(get_settings(), features.retention_dbt_project),
+    )

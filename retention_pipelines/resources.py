@@ -1,8 +1,11 @@
-"""Dagster resources: the warehouse and the landing area.
+"""Dagster resources: how settings reach assets, checks and sensors.
 
-Every field is an optional override: left unset, the value comes from ``settings.py`` (the
-``RETENTION_*`` environment) when a run starts, so ``definitions.py`` reads nothing at import.
-Tests pass explicit values to point a run at a throwaway database and folder.
+Each resource is one group of settings with the behaviour that goes with it (the warehouse
+and its dbt connection, the landing area, MLflow, training, scoring, monitoring). Their
+defaults are the settings' defaults; :func:`resources_from_settings` builds them from the
+environment when the code location loads, so the Dagster UI shows the values a run uses, and
+tests build them with values of their own. Secrets enter as ``EnvVar``: the UI shows the
+variable's name, never its value.
 """
 
 from __future__ import annotations
@@ -15,45 +18,74 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from threading import Lock
+from typing import Any
 
 import dagster as dg
 import mlflow
+from dagster_dbt import DbtCliResource, DbtProject
 from mlflow import MlflowClient
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from retention_pipelines.core import database
+from retention_pipelines.core.drift import DriftConfig
 from retention_pipelines.core.ingestion import landing_file_name
-from retention_pipelines.settings import get_settings
+from retention_pipelines.core.registry import mlflow_tracking_uri
+from retention_pipelines.core.scoring import RiskBands
+from retention_pipelines.settings import RetentionSettings
 
 _upgraded: set[str] = set()
 _upgrade_lock = Lock()
 
 
-def prepared_database_url(database_url: str | None = None) -> str:
-    """The warehouse URL, migrated and with its reader role ready, once per process."""
-    settings = get_settings()
-    url = database.resolve_database_url(
-        database_url or settings.database_url, settings.embedded_pgdata
-    )
+def _default(name: str) -> Any:
+    """The default of a setting, so that a resource built without it behaves the same."""
+    field = RetentionSettings.model_fields[name]
+    return field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+
+
+def prepared_database_url(
+    database_url: str | None, *, home_dir: Path, reader_role: str, reader_password: str
+) -> str:
+    """The warehouse URL (``database_url``, or the embedded server under ``home_dir``),
+    migrated and with its reader role ready, once per process."""
+    url = database.resolve_database_url(database_url, home_dir / "pgdata")
     with _upgrade_lock:
         if url not in _upgraded:
             database.upgrade(url)
-            database.ensure_reader_role(
-                url, settings.reader_role, settings.reader_password.get_secret_value()
-            )
+            database.ensure_reader_role(url, reader_role, reader_password)
             _upgraded.add(url)
     return url
+
+
+def settings_database_url(settings: RetentionSettings) -> str:
+    """:func:`prepared_database_url` of the process's settings (the command line's way)."""
+    return prepared_database_url(
+        settings.database_url,
+        home_dir=settings.home_dir,
+        reader_role=settings.reader_role,
+        reader_password=settings.reader_password.get_secret_value(),
+    )
 
 
 class WarehouseResource(dg.ConfigurableResource):
     """The platform's Postgres: the configured server, or the embedded one."""
 
     database_url: str | None = Field(
-        default=None, description="Postgres URL; unset means RETENTION_DATABASE_URL or embedded."
+        default=None, description="Postgres URL; unset: the embedded server under home_dir."
     )
+    home_dir: str = Field(
+        default=str(_default("home_dir")), description="Where the embedded server keeps its data."
+    )
+    reader_role: str = Field(default=_default("reader_role"))
+    reader_password: str = Field(default=_default("reader_password").get_secret_value())
 
     def url(self) -> str:
-        return prepared_database_url(self.database_url)
+        return prepared_database_url(
+            self.database_url,
+            home_dir=Path(self.home_dir),
+            reader_role=self.reader_role,
+            reader_password=self.reader_password,
+        )
 
     @contextmanager
     def dbt_environment(self) -> Iterator[None]:
@@ -69,7 +101,7 @@ class WarehouseResource(dg.ConfigurableResource):
             "RETENTION_DBT_USER": parts.user,
             "RETENTION_DBT_PASSWORD": parts.password,
             "RETENTION_DBT_DBNAME": parts.dbname,
-            "RETENTION_DBT_READER_ROLE": get_settings().reader_role,
+            "RETENTION_DBT_READER_ROLE": self.reader_role,
         }
         previous = {name: os.environ.get(name) for name in values}
         os.environ.update(values)
@@ -86,25 +118,116 @@ class WarehouseResource(dg.ConfigurableResource):
 class LandingResource(dg.ConfigurableResource):
     """Where landing files arrive, and the limits ingestion applies to them."""
 
-    landing_dir: str | None = Field(default=None, description="Overrides RETENTION_LANDING_DIR.")
-    max_file_bytes: int | None = Field(default=None, description="Overrides the size limit.")
-    chunk_rows: int | None = Field(default=None, description="Overrides rows per chunk.")
-    max_reject_share: float | None = Field(default=None, description="Overrides the threshold.")
+    landing_dir: str = Field(description="The folder of customers_YYYY-MM-DD.csv files.")
+    max_file_bytes: int = Field(default=_default("max_file_bytes"))
+    chunk_rows: int = Field(default=_default("ingest_chunk_rows"))
+    max_reject_share: float = Field(default=_default("max_reject_share"))
 
     def path_for(self, snapshot_date: date) -> Path:
-        folder = Path(self.landing_dir) if self.landing_dir else get_settings().resolved_landing_dir
-        return folder / landing_file_name(snapshot_date)
+        return Path(self.landing_dir) / landing_file_name(snapshot_date)
 
-    def file_limit(self) -> int:
-        return self.max_file_bytes or get_settings().max_file_bytes
 
-    def rows_per_chunk(self) -> int:
-        return self.chunk_rows or get_settings().ingest_chunk_rows
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow: the backend store in a database of the warehouse's server, artefacts in a
+    folder. This process's MLflow is pointed at them once, when Dagster sets the resource up
+    for a run (or a sensor asks for the client first); :attr:`client` is then at hand."""
 
-    def reject_threshold(self) -> float:
-        if self.max_reject_share is not None:
-            return self.max_reject_share
-        return get_settings().max_reject_share
+    warehouse: WarehouseResource
+    tracking_uri: str | None = Field(
+        default=None, description="The backend store; unset: mlflow_database on the warehouse."
+    )
+    mlflow_database: str = Field(default=_default("mlflow_database"))
+    artifact_root: str = Field(default=str(_default("home_dir") / "mlartifacts"))
+    experiment: str = Field(default=_default("mlflow_experiment"))
+    ui_url: str = Field(default=_default("mlflow_ui_url"))
+    _client: MlflowClient | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._configure()
+
+    @property
+    def client(self) -> MlflowClient:
+        """A client of the store; MLflow is configured first if it was not yet."""
+        return self._client or self._configure()
+
+    def _configure(self) -> MlflowClient:
+        uri = self.tracking_uri or mlflow_tracking_uri(self.warehouse.url(), self.mlflow_database)
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            root = Path(self.artifact_root)
+            root.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
+        mlflow.set_experiment(self.experiment)
+        self._client = MlflowClient(uri)
+        return self._client
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_version_url(self, model_name: str, version: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{model_name}/versions/{version}"
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """How a model is trained and when it replaces the champion."""
+
+    seed: int = Field(default=_default("training_seed"))
+    snapshots: int = Field(default=_default("training_snapshots"))
+    xgboost_trials: int = Field(default=_default("xgboost_trials"))
+    xgboost_timeout_s: float = Field(default=_default("xgboost_timeout_s"))
+    catboost_trials: int = Field(default=_default("catboost_trials"))
+    catboost_timeout_s: float = Field(default=_default("catboost_timeout_s"))
+    baseline_tolerance: float = Field(default=_default("baseline_tolerance"))
+    gate_auc_tolerance: float = Field(default=_default("gate_auc_tolerance"))
+    gate_brier_tolerance: float = Field(default=_default("gate_brier_tolerance"))
+
+
+class ScoringResource(dg.ConfigurableResource):
+    """How nightly scoring reads, explains and bands customers."""
+
+    chunk_rows: int = Field(default=_default("scoring_chunk_rows"))
+    reuse_unchanged: bool = Field(default=_default("scoring_reuse_unchanged"))
+    exact_gap: float = Field(default=_default("scoring_exact_gap"))
+    risk_high_threshold: float = Field(default=_default("risk_high_threshold"))
+    risk_medium_threshold: float = Field(default=_default("risk_medium_threshold"))
+
+    def bands(self) -> RiskBands:
+        return RiskBands(high=self.risk_high_threshold, medium=self.risk_medium_threshold)
+
+
+class MonitoringResource(dg.ConfigurableResource):
+    """Drift reports, data quality, realised performance and the retraining sensor."""
+
+    reports_dir: str = Field(default=str(_default("home_dir") / "reports"))
+    drift_share_threshold: float = Field(default=_default("drift_share_threshold"))
+    drift_numerical_method: str = Field(default=_default("drift_numerical_method"))
+    drift_numerical_threshold: float = Field(default=_default("drift_numerical_threshold"))
+    drift_categorical_method: str = Field(default=_default("drift_categorical_method"))
+    drift_categorical_threshold: float = Field(default=_default("drift_categorical_threshold"))
+    drift_column_methods: dict[str, str] = Field(default_factory=dict)
+    drift_missing_share_jump: float = Field(default=_default("drift_missing_share_jump"))
+    drift_max_rows: int = Field(default=_default("drift_max_rows"))
+    retrain_cooldown_days: int = Field(default=_default("retrain_cooldown_days"))
+    performance_horizon_days: int = Field(default=_default("performance_horizon_days"))
+    performance_auc_drop: float = Field(default=_default("performance_auc_drop"))
+
+    def drift_config(self) -> DriftConfig:
+        return DriftConfig(
+            drift_share=self.drift_share_threshold,
+            numerical_method=self.drift_numerical_method,
+            numerical_threshold=self.drift_numerical_threshold,
+            categorical_method=self.drift_categorical_method,
+            categorical_threshold=self.drift_categorical_threshold,
+            column_methods=self.drift_column_methods,
+            missing_share_jump=self.drift_missing_share_jump,
+            max_rows=self.drift_max_rows,
+        )
+
+    def drift_report_path(self, snapshot_date: date) -> Path:
+        return Path(self.reports_dir) / "drift" / f"feature_drift_{snapshot_date}.html"
+
+    def data_docs_dir(self) -> Path:
+        return Path(self.reports_dir) / "data_docs"
 
 
 def dbt_executable() -> str:
@@ -112,26 +235,68 @@ def dbt_executable() -> str:
     return shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
 
 
-class MlflowResource(dg.ConfigurableResource):
-    """MLflow with its backend store on the platform's Postgres and artefacts in a folder."""
+def dbt_resource(project: DbtProject) -> DbtCliResource:
+    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
 
-    tracking_uri: str | None = Field(
-        default=None, description="Overrides the store (default: the mlflow database)."
+
+def resources_from_settings(settings: RetentionSettings, dbt: DbtProject) -> dict[str, Any]:
+    """Every resource of the code location, from the settings."""
+    warehouse = WarehouseResource(
+        database_url=dg.EnvVar("RETENTION_DATABASE_URL") if settings.database_url else None,
+        home_dir=str(settings.home_dir),
+        reader_role=settings.reader_role,
+        reader_password=(
+            dg.EnvVar("RETENTION_READER_PASSWORD")
+            if os.environ.get("RETENTION_READER_PASSWORD")
+            else settings.reader_password.get_secret_value()
+        ),
     )
-    artifact_root: str | None = Field(default=None, description="Overrides the artefact folder.")
-    experiment: str | None = Field(default=None, description="Overrides the experiment name.")
-
-    def client(self, warehouse: WarehouseResource) -> MlflowClient:
-        """Point this process's MLflow at the store and experiment, and return a client."""
-        from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
-
-        settings = get_settings()
-        uri = self.tracking_uri or mlflow_tracking_uri(warehouse.url(), settings.mlflow_database)
-        mlflow.set_tracking_uri(uri)
-        name = self.experiment or settings.mlflow_experiment
-        if mlflow.get_experiment_by_name(name) is None:
-            root = Path(self.artifact_root or settings.resolved_mlflow_artifact_root)
-            root.mkdir(parents=True, exist_ok=True)
-            mlflow.create_experiment(name, artifact_location=root.resolve().as_uri())
-        mlflow.set_experiment(name)
-        return MlflowClient(uri)
+    return {
+        "warehouse": warehouse,
+        "landing": LandingResource(
+            landing_dir=str(settings.resolved_landing_dir),
+            max_file_bytes=settings.max_file_bytes,
+            chunk_rows=settings.ingest_chunk_rows,
+            max_reject_share=settings.max_reject_share,
+        ),
+        "mlflow_registry": MlflowResource(
+            warehouse=warehouse,
+            mlflow_database=settings.mlflow_database,
+            artifact_root=str(settings.resolved_mlflow_artifact_root),
+            experiment=settings.mlflow_experiment,
+            ui_url=settings.mlflow_ui_url,
+        ),
+        "training": TrainingResource(
+            seed=settings.training_seed,
+            snapshots=settings.training_snapshots,
+            xgboost_trials=settings.xgboost_trials,
+            xgboost_timeout_s=settings.xgboost_timeout_s,
+            catboost_trials=settings.catboost_trials,
+            catboost_timeout_s=settings.catboost_timeout_s,
+            baseline_tolerance=settings.baseline_tolerance,
+            gate_auc_tolerance=settings.gate_auc_tolerance,
+            gate_brier_tolerance=settings.gate_brier_tolerance,
+        ),
+        "scoring": ScoringResource(
+            chunk_rows=settings.scoring_chunk_rows,
+            reuse_unchanged=settings.scoring_reuse_unchanged,
+            exact_gap=settings.scoring_exact_gap,
+            risk_high_threshold=settings.risk_high_threshold,
+            risk_medium_threshold=settings.risk_medium_threshold,
+        ),
+        "monitoring": MonitoringResource(
+            reports_dir=str(settings.resolved_reports_dir),
+            drift_share_threshold=settings.drift_share_threshold,
+            drift_numerical_method=settings.drift_numerical_method,
+            drift_numerical_threshold=settings.drift_numerical_threshold,
+            drift_categorical_method=settings.drift_categorical_method,
+            drift_categorical_threshold=settings.drift_categorical_threshold,
+            drift_column_methods=settings.drift_column_methods,
+            drift_missing_share_jump=settings.drift_missing_share_jump,
+            drift_max_rows=settings.drift_max_rows,
+            retrain_cooldown_days=settings.retrain_cooldown_days,
+            performance_horizon_days=settings.performance_horizon_days,
+            performance_auc_drop=settings.performance_auc_drop,
+        ),
+        "dbt": dbt_resource(dbt),
+    }

@@ -5,10 +5,13 @@
 Each partition run builds its snapshot date only: the date goes to dbt as the var
 ``snapshot_date`` and ``customer_features`` is incremental (delete+insert on that date).
 dbt tests appear as asset checks.
+
+The dbt manifest is prepared at build time (``make install`` parses the project, as the
+container image does) and refreshed on every load under ``dagster dev``; a checkout without
+one gets it parsed when the code location loads, not when a module is imported.
 """
 
 import json
-import subprocess
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,39 +19,23 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
-from retention_pipelines.resources import WarehouseResource, dbt_executable
+from retention_pipelines.resources import WarehouseResource, dbt_resource
 from retention_pipelines.settings import get_settings
 
-retention_dbt_project = DbtProject(project_dir=get_settings().dbt_project_dir)
+
+def prepared_project(project: DbtProject) -> DbtProject:
+    """The project with a manifest: re-parsed under ``dagster dev``, parsed once if missing."""
+    project.prepare_if_dev()
+    if not project.manifest_path.exists():
+        dbt_resource(project).cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    return project
 
 
-def ensure_manifest(project: DbtProject) -> None:
-    """Parse the dbt project when no manifest exists yet, so nobody has to run ``dbt parse``.
-
-    Under ``dagster dev`` the manifest is rebuilt on every load to pick up model edits.
-    """
-    if project.manifest_path.exists():
-        project.prepare_if_dev()
-        return
-    subprocess.run(  # noqa: S603  # our own dbt, our own project
-        [
-            dbt_executable(),
-            "parse",
-            "--quiet",
-            "--project-dir",
-            str(project.project_dir),
-            "--profiles-dir",
-            str(project.profiles_dir),
-        ],
-        check=True,
-    )
-
-
-ensure_manifest(retention_dbt_project)
+retention_dbt_project = prepared_project(DbtProject(project_dir=get_settings().dbt_project_dir))
 
 
 class RetentionDbtTranslator(DagsterDbtTranslator):
-    """Names dbt models as DESIGN.md does (``customer_features``), grouped by their folder."""
+    """Names dbt models by their own name (``customer_features``), grouped by their folder."""
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":

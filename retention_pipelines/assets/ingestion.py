@@ -3,10 +3,12 @@
 from datetime import date
 
 import dagster as dg
+import pandas as pd
 
+from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
-from retention_pipelines.core.warehouse import (
+from retention_pipelines.core.warehouse.raw import (
     IngestionSummary,
     PartitionCounts,
     partition_counts,
@@ -15,11 +17,13 @@ from retention_pipelines.core.warehouse import (
 )
 from retention_pipelines.resources import LandingResource, WarehouseResource
 
+ASSET = "raw_customer_snapshot"
 RECONCILE_CHECK = "rows_reconcile"
 REJECT_SHARE_CHECK = "reject_share_below_threshold"
 
 
 @dg.asset(
+    name=ASSET,
     partitions_def=daily_partitions,
     backfill_policy=one_partition_per_run,
     group_name="ingestion",
@@ -27,7 +31,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
     check_specs=[
         dg.AssetCheckSpec(
             RECONCILE_CHECK,
-            asset="raw_customer_snapshot",
+            asset=ASSET,
             blocking=True,
             description=(
                 "Rows read = valid + rejected + collapsed duplicates, counted in the tables."
@@ -35,7 +39,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
         ),
         dg.AssetCheckSpec(
             REJECT_SHARE_CHECK,
-            asset="raw_customer_snapshot",
+            asset=ASSET,
             blocking=True,
             description="The share of rejected rows is under the configured threshold.",
         ),
@@ -53,31 +57,38 @@ def raw_customer_snapshot(
             f"No landing file for {snapshot_date}: expected {path}. "
             "Copy one in with `retention ingest PATH --date YYYY-MM-DD`."
         )
-    facts = check_landing_file(path, max_bytes=landing.file_limit())
     url = warehouse.url()
     summary = replace_snapshot_partition(
         url,
         snapshot_date=snapshot_date,
-        facts=facts,
-        chunks=read_validated_chunks(path, chunk_rows=landing.rows_per_chunk()),
-        on_chunk=lambda rows: context.log.info(f"{path.name}: {rows:,} rows read"),
+        facts=check_landing_file(path, max_bytes=landing.max_file_bytes),
+        chunks=read_validated_chunks(path, chunk_rows=landing.chunk_rows),
+        on_chunk=lambda rows: _observe_rows(context, path.name, rows),
     )
     context.log.info(
         f"{summary.rows_valid:,} valid, {summary.rows_rejected:,} rejected, "
         f"{summary.duplicates_collapsed:,} duplicates collapsed of {summary.rows_read:,} read"
     )
-    counts = partition_counts(url, snapshot_date)
     return dg.MaterializeResult(
         metadata=_metadata(summary, str(path), preview_partition(url, snapshot_date)),
         check_results=[
-            _reconcile_result(counts),
-            _reject_share_result(summary, landing.reject_threshold()),
+            _reconcile_result(partition_counts(url, snapshot_date)),
+            _reject_share_result(summary, landing.max_reject_share),
         ],
     )
 
 
-def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, object]:
-    reasons = "\n".join(f"| {kind} | {count:,} |" for kind, count in summary.reject_reasons.items())
+def _observe_rows(context: dg.AssetExecutionContext, file_name: str, rows: int) -> None:
+    context.log.info(f"{file_name}: {rows:,} rows read")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=ASSET, partition=context.partition_key, metadata={"rows_read": rows}
+        )
+    )
+
+
+def _metadata(summary: IngestionSummary, path: str, preview: pd.DataFrame) -> dict[str, object]:
+    reasons = pd.DataFrame(list(summary.reject_reasons.items()), columns=["reason", "rows"])
     return {
         "dagster/row_count": summary.rows_valid,
         "landing_file": dg.MetadataValue.path(path),
@@ -86,10 +97,8 @@ def _metadata(summary: IngestionSummary, path: str, preview: str) -> dict[str, o
         "rows_rejected": summary.rows_rejected,
         "duplicates_collapsed": summary.duplicates_collapsed,
         "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
-        "reject_reasons": dg.MetadataValue.md(
-            "| reason | rows |\n| --- | --- |\n" + (reasons or "| none | 0 |")
-        ),
-        "preview": dg.MetadataValue.md(preview),
+        "reject_reasons": metadata.table(reasons),
+        "preview": metadata.table(preview),
     }
 
 

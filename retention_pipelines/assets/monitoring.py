@@ -5,22 +5,21 @@ from datetime import date
 
 import dagster as dg
 
+from retention_pipelines.assets import metadata
+from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.core import drift, registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.performance import (
     PerformanceDrop,
     PerformanceOutcome,
-    RealisedPerformance,
     champion_reference,
+    groups_frame,
     performance_drop,
-    realised_auc_history,
     realised_auc_plot,
     record_performance,
 )
-from retention_pipelines.resources import MlflowResource, WarehouseResource
-from retention_pipelines.settings import RetentionSettings, get_settings
-
-from .partitions import daily_partitions, one_partition_per_run
+from retention_pipelines.core.warehouse.monitoring import realised_auc_history
+from retention_pipelines.resources import MlflowResource, MonitoringResource, WarehouseResource
 
 GROUP = "monitoring"
 PERFORMANCE_ASSET = "realised_model_performance"
@@ -38,34 +37,30 @@ def feature_drift_report(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
+    monitoring: MonitoringResource,
 ) -> dg.MaterializeResult:
     """Evidently data drift of the date's ``customer_features`` and prediction drift of its
     scores, against the training data of the champion; the HTML report is kept and the
     summary replaces the date's row of ``monitoring.drift_reports``."""
-    settings = get_settings()
     day = date.fromisoformat(context.partition_key)
-    url = warehouse.url()
-    client = mlflow_registry.client(warehouse)
-    pyfunc, version = registry.load_champion(client)
+    url, client = warehouse.url(), mlflow_registry.client
+    model, version = registry.load_champion(client)
     tags = client.get_model_version(registry.MODEL_NAME, version).tags
-    reference = drift.read_reference(
-        url, version, drift.snapshot_dates_of(tags.get("data_snapshots")),
-        max_rows=settings.drift_max_rows,
-    )  # fmt: skip
+    snapshots = drift.snapshot_dates_of(tags.get("data_snapshots"))
+    reference = drift.read_reference(url, version, snapshots, max_rows=monitoring.drift_max_rows)
     context.log.info(
         f"reference: v{version}'s training data, {reference.rows:,} rows of "
         f"{', '.join(map(str, reference.snapshots))}"
     )
-    current, rows = drift.read_current(url, day, max_rows=settings.drift_max_rows)
-    model = pyfunc.unwrap_python_model().model
+    current, rows = drift.read_current(url, day, max_rows=monitoring.drift_max_rows)
     report = drift.measure_drift(
         day,
         reference,
         current,
         rows,
         reference_probabilities=model.predict_proba(feature_frame(reference.frame)),
-        config=drift_config(settings),
-        report_path=settings.resolved_reports_dir / "drift" / f"feature_drift_{day}.html",
+        config=monitoring.drift_config(),
+        report_path=monitoring.drift_report_path(day),
     )
     drift.save_report(url, report)
     for finding in report.findings:
@@ -74,29 +69,10 @@ def feature_drift_report(
         f"{day}: {len(report.drifted_columns)} of {len(report.columns)} columns drifted "
         f"({report.drift_share:.0%}; dataset drift from {report.drift_share_threshold:.0%})"
     )
-    return dg.MaterializeResult(metadata=_metadata(report, len(current)))
+    return dg.MaterializeResult(metadata=_drift_metadata(report, len(current)))
 
 
-def drift_config(settings: RetentionSettings) -> drift.DriftConfig:
-    return drift.DriftConfig(
-        drift_share=settings.drift_share_threshold,
-        numerical_method=settings.drift_numerical_method,
-        numerical_threshold=settings.drift_numerical_threshold,
-        categorical_method=settings.drift_categorical_method,
-        categorical_threshold=settings.drift_categorical_threshold,
-        column_methods=settings.drift_column_methods,
-        missing_share_jump=settings.drift_missing_share_jump,
-        max_rows=settings.drift_max_rows,
-    )
-
-
-def _metadata(report: drift.DriftReport, rows_read: int) -> dict[str, object]:
-    table = "\n".join(
-        f"| {c.column} | {c.method} | {c.score:.4f} | {c.threshold:g} | "
-        f"{'**drifted**' if c.drifted else 'no'} |"
-        for c in drift.iter_columns(report)
-    )
-    findings = "\n".join(f"- {f.column or 'date'} ({f.kind}): {f.detail}" for f in report.findings)
+def _drift_metadata(report: drift.DriftReport, rows_read: int) -> dict[str, object]:
     prediction = report.prediction
     return {
         "report": dg.MetadataValue.path(str(report.report_path)),
@@ -116,13 +92,8 @@ def _metadata(report: drift.DriftReport, rows_read: int) -> dict[str, object]:
             if prediction
             else "no scores to compare"
         ),
-        "columns": dg.MetadataValue.md(
-            "| column | method | score | threshold | drift |\n| --- | --- | --- | --- | --- |\n"
-            + table
-            if table
-            else "no column was tested"
-        ),
-        "findings": dg.MetadataValue.md(findings or "none"),
+        "columns": metadata.table(report.columns_frame()),
+        "findings": metadata.table(report.findings_frame()),
     }
 
 
@@ -139,29 +110,28 @@ def realised_model_performance(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
+    monitoring: MonitoringResource,
 ) -> dg.MaterializeResult:
     """``monitoring.model_performance`` for the partition's date: the scores of the
     ``RETENTION_PERFORMANCE_HORIZON_DAYS`` before it, per score date and model version, judged
     by its churn labels (ROC AUC, top-decile lift, Brier, calibration). A date without labels
     records nothing and succeeds."""
-    settings = get_settings()
     day = date.fromisoformat(context.partition_key)
     url = warehouse.url()
-    outcome = record_performance(url, day, horizon_days=settings.performance_horizon_days)
+    outcome = record_performance(url, day, horizon_days=monitoring.performance_horizon_days)
     context.log.info(outcome.message)
     if not outcome.groups:
         return dg.MaterializeResult(metadata=_empty_metadata(outcome))
-    champion = champion_reference(mlflow_registry.client(warehouse))
+    champion = champion_reference(mlflow_registry.client)
     drop = (
         performance_drop(
-            url, champion.version, champion.test_auc, threshold=settings.performance_auc_drop
+            url, champion.version, champion.test_auc, threshold=monitoring.performance_auc_drop
         )
         if champion
         else None
     )
     if drop is not None:
-        log = context.log.warning if drop.dropped else context.log.info
-        log(drop.describe())
+        (context.log.warning if drop.dropped else context.log.info)(drop.describe())
     history = realised_auc_history(url, until=day)
     return dg.MaterializeResult(
         metadata={
@@ -170,11 +140,11 @@ def realised_model_performance(
             "customers_joined": outcome.customers_joined,
             "labelled_customers": outcome.labelled_customers,
             "first_score_date": str(outcome.first_score_date),
-            "realised_performance": dg.MetadataValue.md(_performance_table(outcome.groups)),
+            "realised_performance": metadata.table(groups_frame(outcome.groups)),
             "realised_auc_over_time": dg.MetadataValue.md(
                 realised_auc_plot(history, test_auc=champion)
             ),
-            **(_drop_metadata(drop, settings.performance_auc_drop) if drop else {}),
+            **(_drop_metadata(drop, monitoring.performance_auc_drop) if drop else {}),
         }
     )
 
@@ -197,29 +167,3 @@ def _drop_metadata(drop: PerformanceDrop, threshold: float) -> dict[str, object]
         "champion_auc_dropped": dg.MetadataValue.bool(drop.dropped),
         "champion_verdict": f"{drop.describe()} (threshold {threshold:g})",
     }
-
-
-def _performance_table(groups: tuple[RealisedPerformance, ...]) -> str:
-    header = ["score date", "version", "customers", "churned", "ROC AUC", "top-decile lift",
-              "Brier", "mean probability", "churn rate"]  # fmt: skip
-    rows = [
-        [
-            str(group.score_date),
-            group.model_version,
-            f"{group.customers:,}",
-            f"{group.churned:,}",
-            _figure(group.roc_auc, "{:.4f}"),
-            _figure(group.top_decile_lift, "{:.2f}"),
-            f"{group.brier:.4f}",
-            f"{group.mean_probability:.3f}",
-            f"{group.churn_rate:.3f}",
-        ]
-        for group in groups
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _figure(value: float | None, pattern: str) -> str:
-    return "n/a (one class)" if value is None else pattern.format(value)

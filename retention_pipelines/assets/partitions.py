@@ -1,4 +1,8 @@
-"""The daily partitioning shared by every snapshot-shaped asset."""
+"""The daily partitioning shared by every snapshot-shaped asset.
+
+Its start date and timezone (``RETENTION_PARTITIONS_START_DATE``, ``RETENTION_TIMEZONE``)
+shape the asset graph itself, so they are read when the code location loads, not per run.
+"""
 
 import dagster as dg
 

@@ -1,31 +1,27 @@
 """Nightly scoring: every customer of a snapshot date scored by the champion, with reasons."""
 
-import re
 from datetime import UTC, date, datetime
 
 import dagster as dg
-import pandas as pd
 
+from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.core import registry
 from retention_pipelines.core.scoring import (
     SCORE_CHECKS,
     ModelRef,
-    RiskBands,
     ScoreSummary,
     check_scores,
-    count_features,
     score_partition,
     summarize_scores,
 )
-from retention_pipelines.resources import MlflowResource, WarehouseResource
-from retention_pipelines.settings import get_settings
+from retention_pipelines.core.warehouse.features import count_features
+from retention_pipelines.resources import MlflowResource, ScoringResource, WarehouseResource
 
 GROUP = "scoring"
 ASSET = "churn_risk_scores"
-# The per-chunk progress line; `retention score` reads it back to drive its progress bar.
-PROGRESS = "scored {rows:,} of {total:,} customers"
-PROGRESS_PATTERN = re.compile(r"scored ([\d,]+) of ([\d,]+) customers")
+# What the asset observes after every chunk: the progress of a run, for the command line.
+SCORED, TOTAL = "customers_scored", "customers_total"
 
 
 @dg.asset(
@@ -44,10 +40,10 @@ def churn_risk_scores(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
+    scoring: ScoringResource,
 ) -> dg.MaterializeResult:
     """``ml.churn_risk_scores`` for the partition's date: calibrated churn probability, risk
     band and the three strongest reasons per customer, replaced in one transaction."""
-    settings = get_settings()
     day = date.fromisoformat(context.partition_key)
     url = warehouse.url()
     total = count_features(url, day)
@@ -56,26 +52,24 @@ def churn_risk_scores(
             f"features.customer_features has no rows for {day}: "
             "materialize raw_customer_snapshot and customer_features for that date first"
         )
-    pyfunc, version = registry.load_champion(mlflow_registry.client(warehouse))
-    model = ModelRef(pyfunc.unwrap_python_model().model, registry.MODEL_NAME, version)
+    champion, version = registry.load_champion(mlflow_registry.client)
     context.log.info(f"scoring {total:,} customers of {day} with {registry.MODEL_NAME} v{version}")
     outcome = score_partition(
         url,
         day,
-        model,
-        bands=RiskBands(high=settings.risk_high_threshold, medium=settings.risk_medium_threshold),
-        chunk_rows=settings.scoring_chunk_rows,
+        ModelRef(champion, registry.MODEL_NAME, version),
+        bands=scoring.bands(),
+        chunk_rows=scoring.chunk_rows,
         scored_at=datetime.now(UTC),
-        reuse_unchanged=settings.scoring_reuse_unchanged,
-        exact_gap=settings.scoring_exact_gap,
-        on_chunk=lambda rows: context.log.info(PROGRESS.format(rows=rows, total=total)),
+        reuse_unchanged=scoring.reuse_unchanged,
+        exact_gap=scoring.exact_gap,
+        on_chunk=lambda rows: _observe_progress(context, rows, total),
     )
     if outcome.reused:
         context.log.info(f"{outcome.reused:,} unchanged customers kept their earlier score")
-    summary = summarize_scores(url, day)
     return dg.MaterializeResult(
         metadata={
-            **_metadata(outcome.rows, version, summary),
+            **_metadata(version, summarize_scores(url, day)),
             "customers_rescored": outcome.rows - outcome.reused,
             "customers_carried_over": outcome.reused,
         },
@@ -91,42 +85,26 @@ def churn_risk_scores(
     )
 
 
-def _metadata(written: int, version: str, summary: ScoreSummary) -> dict[str, object]:
-    share = {band: count / max(1, written) for band, count in summary.band_counts.items()}
+def _observe_progress(context: dg.AssetExecutionContext, rows: int, total: int) -> None:
+    context.log.info(f"scored {rows:,} of {total:,} customers")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=ASSET,
+            partition=context.partition_key,
+            metadata={SCORED: rows, TOTAL: total},
+        )
+    )
+
+
+def _metadata(version: str, summary: ScoreSummary) -> dict[str, object]:
     return {
-        "dagster/row_count": written,
+        "dagster/row_count": summary.rows,
         "model_name": registry.MODEL_NAME,
         "model_version": version,
         "mean_churn_probability": dg.MetadataValue.float(round(summary.mean_probability, 4)),
         **{f"{band}_risk_customers": count for band, count in summary.band_counts.items()},
-        "risk_bands": dg.MetadataValue.md(
-            _table(
-                ["band", "customers", "share"],
-                [
-                    [band, f"{count:,}", f"{share[band]:.1%}"]
-                    for band, count in summary.band_counts.items()
-                ],
-            )
-        ),
-        "probability_histogram": dg.MetadataValue.md(_histogram(summary.histogram)),
-        "top_first_reasons": dg.MetadataValue.md(
-            _table(["first reason", "customers"], [[r, f"{n:,}"] for r, n in summary.top_reasons])
-        ),
-        "highest_risk_customers": dg.MetadataValue.md(_markdown(summary.highest_risk)),
+        "risk_bands": metadata.table(summary.bands()),
+        "probability_histogram": metadata.table(summary.histogram),
+        "top_first_reasons": metadata.table(summary.top_reasons),
+        "highest_risk_customers": metadata.table(summary.highest_risk),
     }
-
-
-def _histogram(buckets: list[tuple[str, int]]) -> str:
-    peak = max((count for _, count in buckets), default=0) or 1
-    rows = [[label, f"{count:,}", "█" * round(30 * count / peak)] for label, count in buckets]
-    return _table(["churn probability", "customers", ""], rows)
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    return _table(list(frame.columns), frame.astype(str).to_numpy().tolist())
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -3,11 +3,13 @@ the promotion gate. ``retrain_job`` selects them all."""
 
 import os
 import subprocess
+from typing import Any
 
 import dagster as dg
-import mlflow
 import optuna
+from mlflow import MlflowClient
 
+from retention_pipelines.assets import metadata
 from retention_pipelines.core import database, registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.model_search import TrainingResult, train_churn_model
@@ -19,15 +21,19 @@ from retention_pipelines.core.training import (
     labels_of,
     split_training_set,
 )
-from retention_pipelines.core.warehouse import read_labelled_features
-from retention_pipelines.resources import MlflowResource, WarehouseResource
-from retention_pipelines.settings import PROJECT_ROOT, get_settings
+from retention_pipelines.core.warehouse.features import read_labelled
+from retention_pipelines.resources import MlflowResource, TrainingResource, WarehouseResource
+from retention_pipelines.settings import PROJECT_ROOT
 
 GROUP = "training"
+CANDIDATES = "churn_model_candidates"
+# What the candidates asset observes after every Optuna trial, for the command line.
+STUDY, TRIALS_DONE, TRIALS_BUDGET = "study", "trials_done", "trials_budget"
 
 
 class TrainingConfig(dg.Config):
-    """Run config of a training run; unset fields come from the settings."""
+    """Run config of a training run (the launchpad); unset fields keep the training
+    resource's values."""
 
     seed: int | None = None
     snapshots: int | None = None
@@ -37,19 +43,24 @@ class TrainingConfig(dg.Config):
     catboost_timeout_s: float | None = None
     baseline_tolerance: float | None = None
 
+    def value(self, name: str, training: TrainingResource) -> Any:
+        """This run's value of a training setting: its override, else the resource's."""
+        override = getattr(self, name)
+        return getattr(training, name) if override is None else override
+
 
 @dg.asset(group_name=GROUP, kinds={"postgres", "pandas"}, deps=["customer_features"])
 def training_set(
-    context: dg.AssetExecutionContext, config: TrainingConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    warehouse: WarehouseResource,
+    training: TrainingResource,
 ) -> dg.Output[TrainingSplit]:
     """Labelled customers of the latest labelled snapshot(s), split train / validation / test
     (stratified, fixed seed)."""
-    settings = get_settings()
-    frame, dates = read_labelled_features(
-        warehouse.url(), config.snapshots or settings.training_snapshots
-    )
-    split = split_training_set(frame, seed=_seed(config))
-    context.log.info(f"training on {len(frame):,} labelled customers from {dates}")
+    frame, dates = read_labelled(warehouse.url(), config.value("snapshots", training))
+    split = split_training_set(frame, seed=config.value("seed", training))
+    context.log.info(f"training on {len(frame):,} labelled customers of {dates}")
     summary = split.summary()
     return dg.Output(
         split,
@@ -65,37 +76,35 @@ def training_set(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"xgboost", "catboost", "optuna"})
+@dg.asset(name=CANDIDATES, group_name=GROUP, kinds={"xgboost", "catboost", "optuna"})
 def churn_model_candidates(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     warehouse: WarehouseResource,
+    training: TrainingResource,
     training_set: TrainingSplit,
 ) -> dg.Output[TrainingResult]:
     """Logistic baseline, Optuna-tuned XGBoost and CatBoost; the winner chosen, blended with
     the logistic model and calibrated on validation data, and required to beat the baseline
     on the test split."""
-    settings = get_settings()
-    storage = optuna.storages.RDBStorage(database.sqlalchemy_url(warehouse.url()))
+
+    def budget(kind: str) -> TuningBudget:
+        return TuningBudget(
+            config.value(f"{kind}_trials", training), config.value(f"{kind}_timeout_s", training)
+        )
+
     result = train_churn_model(
         training_set,
-        storage=storage,
+        storage=optuna.storages.RDBStorage(database.sqlalchemy_url(warehouse.url())),
         study_prefix=f"churn-{context.run_id}",
-        budgets={
-            "xgboost": TuningBudget(
-                config.xgboost_trials or settings.xgboost_trials,
-                config.xgboost_timeout_s or settings.xgboost_timeout_s,
-            ),
-            "catboost": TuningBudget(
-                config.catboost_trials or settings.catboost_trials,
-                config.catboost_timeout_s or settings.catboost_timeout_s,
-            ),
-        },
-        seed=_seed(config),
-        baseline_tolerance=(
-            config.baseline_tolerance
-            if config.baseline_tolerance is not None
-            else settings.baseline_tolerance
+        budgets={"xgboost": budget("xgboost"), "catboost": budget("catboost")},
+        seed=config.value("seed", training),
+        baseline_tolerance=config.value("baseline_tolerance", training),
+        on_trial=lambda kind, done, budget: context.log_event(
+            dg.AssetObservation(
+                asset_key=CANDIDATES,
+                metadata={STUDY: kind, TRIALS_DONE: done, TRIALS_BUDGET: budget},
+            )
         ),
     )
     return dg.Output(
@@ -106,7 +115,7 @@ def churn_model_candidates(
             "tree_weight": dg.MetadataValue.float(result.model.tree_weight),
             "test_roc_auc": dg.MetadataValue.float(round(result.test["roc_auc"], 4)),
             "test_brier": dg.MetadataValue.float(round(result.test["brier"], 4)),
-            "comparison": dg.MetadataValue.md(_comparison_markdown(result)),
+            "comparison": metadata.table(result.comparison_frame()),
             **{
                 f"{kind}_trials": f"{c.tuned.trials} ({c.tuned.pruned} pruned)"
                 + (", stopped by the timeout" if c.tuned.timed_out else "")
@@ -119,23 +128,20 @@ def churn_model_candidates(
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
 def registered_churn_model(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
     training_set: TrainingSplit,
     churn_model_candidates: TrainingResult,
 ) -> dg.Output[dict[str, str]]:
     """The winner logged to MLflow (metrics, plots, model card) and registered as a new
     version of ``churn-model`` with alias ``challenger``."""
-    client = mlflow_registry.client(warehouse)
+    client = mlflow_registry.client
     dates = sorted({str(day) for day in training_set.test["snapshot_date"]})
+    rows = sum(
+        len(part) for part in (training_set.train, training_set.validation, training_set.test)
+    )
     tags = {
         "data_snapshots": ",".join(dates),
-        "training_rows": str(
-            sum(
-                len(part)
-                for part in (training_set.train, training_set.validation, training_set.test)
-            )
-        ),
+        "training_rows": str(rows),
         "git_revision": _git_revision(),
         "dagster_run_id": context.run_id,
     }
@@ -151,7 +157,6 @@ def registered_churn_model(
     version = registry.register_challenger(
         client, model_uri=logged.model_uri, run_id=logged.run_id, tags=tags
     )
-    ui = get_settings().mlflow_ui_url.rstrip("/")
     experiment_id = client.get_run(logged.run_id).info.experiment_id
     return dg.Output(
         {"version": version, "run_id": logged.run_id, "model_uri": logged.model_uri},
@@ -160,10 +165,10 @@ def registered_churn_model(
             "version": version,
             "mlflow_run_id": logged.run_id,
             "mlflow_run": dg.MetadataValue.url(
-                f"{ui}/#/experiments/{experiment_id}/runs/{logged.run_id}"
+                mlflow_registry.run_url(experiment_id, logged.run_id)
             ),
             "mlflow_model_version": dg.MetadataValue.url(
-                f"{ui}/#/models/{registry.MODEL_NAME}/versions/{version}"
+                mlflow_registry.model_version_url(registry.MODEL_NAME, version)
             ),
             "model_uri": logged.model_uri,
         },
@@ -173,25 +178,24 @@ def registered_churn_model(
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
 def champion_model(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
     mlflow_registry: MlflowResource,
+    training: TrainingResource,
     training_set: TrainingSplit,
     registered_churn_model: dict[str, str],
 ) -> dg.MaterializeResult:
     """The promotion gate: challenger and champion scored on the same latest labelled test
     data; ``champion`` moves only when the challenger is at least as good."""
-    settings = get_settings()
-    client = mlflow_registry.client(warehouse)
+    client = mlflow_registry.client
     challenger_version = registered_churn_model["version"]
-    challenger = _gate_metrics(challenger_version, training_set)
+    challenger = _gate_metrics(client, challenger_version, training_set)
     current = registry.champion_version(client)
-    champion = _gate_metrics(current, training_set) if current else None
+    champion = _gate_metrics(client, current, training_set) if current else None
     decision = registry.decide_promotion(
         challenger,
         champion,
         beat_baseline=True,  # churn_model_candidates fails otherwise
-        auc_tolerance=settings.gate_auc_tolerance,
-        brier_tolerance=settings.gate_brier_tolerance,
+        auc_tolerance=training.gate_auc_tolerance,
+        brier_tolerance=training.gate_brier_tolerance,
     )
     if decision.promote:
         registry.promote(
@@ -210,39 +214,23 @@ def champion_model(
             "reason": decision.reason,
             "challenger_version": challenger_version,
             "champion_version_before": current or "none",
-            "challenger_roc_auc": dg.MetadataValue.float(round(challenger.roc_auc, 4)),
-            "challenger_brier": dg.MetadataValue.float(round(challenger.brier, 4)),
-            **(
-                {
-                    "champion_roc_auc": dg.MetadataValue.float(round(champion.roc_auc, 4)),
-                    "champion_brier": dg.MetadataValue.float(round(champion.brier, 4)),
-                }
-                if champion
-                else {}
-            ),
+            **_gate_figures("challenger", challenger),
+            **(_gate_figures("champion", champion) if champion else {}),
         }
     )
 
 
-def _gate_metrics(version: str, split: TrainingSplit) -> registry.GateMetrics:
-    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
-    probabilities = model.predict(feature_frame(split.test)).iloc[:, 0].to_numpy()
-    metrics = evaluate(labels_of(split.test), probabilities)
+def _gate_metrics(client: MlflowClient, version: str, split: TrainingSplit) -> registry.GateMetrics:
+    model = registry.load_version(client, version)
+    metrics = evaluate(labels_of(split.test), model.predict_proba(feature_frame(split.test)))
     return registry.GateMetrics(roc_auc=metrics["roc_auc"], brier=metrics["brier"])
 
 
-def _seed(config: TrainingConfig) -> int:
-    return config.seed if config.seed is not None else get_settings().training_seed
-
-
-def _comparison_markdown(result: TrainingResult) -> str:
-    lines = ["| model | ROC AUC | Brier | top-decile lift |", "| --- | --- | --- | --- |"]
-    for name, metrics in result.comparison().items():
-        lines.append(
-            f"| {name} | {metrics['roc_auc']:.4f} | {metrics['brier']:.4f} "
-            f"| {metrics['top_decile_lift']:.2f} |"
-        )
-    return "\n".join(lines)
+def _gate_figures(role: str, metrics: registry.GateMetrics) -> dict[str, dg.MetadataValue]:
+    return {
+        f"{role}_roc_auc": dg.MetadataValue.float(round(metrics.roc_auc, 4)),
+        f"{role}_brier": dg.MetadataValue.float(round(metrics.brier, 4)),
+    }
 
 
 def _git_revision() -> str:

@@ -8,13 +8,9 @@ from datetime import date
 
 import dagster as dg
 
-from retention_pipelines.core.quality import (
-    QualityReport,
-    failures_markdown,
-    validate_customer_features,
-)
-from retention_pipelines.resources import WarehouseResource
-from retention_pipelines.settings import get_settings
+from retention_pipelines.assets import metadata
+from retention_pipelines.core.quality import QualityReport, validate_customer_features
+from retention_pipelines.resources import MonitoringResource, WarehouseResource
 
 CUSTOMER_FEATURES = dg.AssetKey("customer_features")
 
@@ -30,12 +26,12 @@ CUSTOMER_FEATURES = dg.AssetKey("customer_features")
     ),
 )
 def customer_features_expectations(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    monitoring: MonitoringResource,
 ) -> dg.AssetCheckResult:
     report = validate_customer_features(
-        warehouse.url(),
-        _snapshot_date(context),
-        docs_dir=get_settings().resolved_reports_dir / "data_docs",
+        warehouse.url(), _snapshot_date(context), docs_dir=monitoring.data_docs_dir()
     )
     context.log.info(report.message)
     return dg.AssetCheckResult(
@@ -62,7 +58,7 @@ def _metadata(report: QualityReport) -> dict[str, dg.MetadataValue]:
         "expected_rows": dg.MetadataValue.int(report.expected_rows),
         "expectations": dg.MetadataValue.int(report.expectations),
         "failed": dg.MetadataValue.int(len(report.failures)),
-        "failed_expectations": dg.MetadataValue.md(failures_markdown(report)),
+        "failed_expectations": metadata.table(report.failures_frame()),
         "data_docs": dg.MetadataValue.url(report.docs_path.resolve().as_uri()),
     }
 

@@ -3,8 +3,8 @@
 The reference is the labelled rows of the snapshot dates the current champion was trained on
 (its version's ``data_snapshots`` tag), read from ``features.customer_features``, and the
 champion's own probabilities on them. The current data is the date's features joined to the
-date's scores. Both are read with COPY and, past ``max_rows``, sampled in Postgres by a seeded
-hash of the customer id, so the report's cost is bounded whatever the customer count.
+date's scores. Past ``max_rows`` both are sampled in Postgres by a seeded hash of the customer
+id, so the report's cost is bounded whatever the customer count.
 
 Guards run before Evidently: an empty date, a column that is all null or constant (in either
 data set), and a jump in a column's missing share are findings of their own. Columns the
@@ -12,13 +12,12 @@ drift tests cannot judge are left out of them instead of crashing the report. Ev
 API) then tests every remaining feature column with the configured method and threshold (a
 declared :class:`evidently.DataDefinition`: categorical and boolean columns as categories,
 the rest as numbers), and the probabilities with the numerical method. The HTML report is
-kept; the summary goes to ``monitoring.drift_reports``, replaced per date.
+kept; the summary goes to ``monitoring.drift_reports``, replaced per date. Evidently is imported
+when a report is measured, not when this module is (the retraining sensor reads summaries).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -27,24 +26,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import psycopg
-from evidently import DataDefinition, Dataset, Report
-from evidently.metrics import ValueDrift
-from evidently.presets import DataDriftPreset
-from psycopg import sql
 
 from retention_pipelines.core.features import (
     BOOLEAN_FEATURES,
     CATEGORICAL_FEATURES,
     FEATURE_COLUMNS,
-    LABEL_COLUMN,
     NUMERIC_FEATURES,
 )
-from retention_pipelines.core.scoring import stream_copy_chunks
-
-PROBABILITY = "churn_probability"
-READ_CHUNK_ROWS = 100_000
-SAMPLE_SEED = 20_240_101
+from retention_pipelines.core.warehouse import features as feature_table
+from retention_pipelines.core.warehouse import monitoring
+from retention_pipelines.core.warehouse.features import PROBABILITY
 
 FindingKind = Literal["empty", "all_null", "constant", "missing_share_jump", "no_scores"]
 
@@ -135,6 +126,46 @@ class DriftReport:
     def drifted_columns(self) -> tuple[ColumnDrift, ...]:
         return tuple(column for column in self.columns if column.drifted)
 
+    def as_row(self) -> dict[str, Any]:
+        """The report as its row of ``monitoring.drift_reports`` (JSON values as Python)."""
+        return {
+            "snapshot_date": self.snapshot_date,
+            "reference_model_version": self.reference_model_version,
+            "reference_snapshots": ",".join(map(str, self.reference_snapshots)),
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+            "dataset_drift": self.dataset_drift,
+            "drift_share": self.drift_share,
+            "drift_share_threshold": self.drift_share_threshold,
+            "drifted_columns": [asdict(column) for column in self.drifted_columns],
+            "column_results": [asdict(column) for column in self.columns],
+            "findings": [asdict(finding) for finding in self.findings],
+            "prediction_drift": asdict(self.prediction) if self.prediction else None,
+            "report_path": str(self.report_path),
+        }
+
+    def columns_frame(self) -> pd.DataFrame:
+        """The tested columns, drifted first, then by score."""
+        columns = list(iter_columns(self))
+        return pd.DataFrame(
+            {
+                "column": [c.column for c in columns],
+                "method": [c.method for c in columns],
+                "score": [round(c.score, 4) for c in columns],
+                "threshold": [c.threshold for c in columns],
+                "drifted": [c.drifted for c in columns],
+            }
+        )
+
+    def findings_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "column": [f.column or "date" for f in self.findings],
+                "finding": [f.kind for f in self.findings],
+                "detail": [f.detail for f in self.findings],
+            }
+        )
+
 
 # --- Reading. ---
 
@@ -151,10 +182,7 @@ def read_reference(
 ) -> Reference:
     """Labelled feature rows of ``snapshots`` (what the champion trained on), sampled."""
     days = tuple(snapshots)
-    where = sql.SQL("f.snapshot_date = any({days}) and f.{label} is not null").format(
-        days=sql.Literal(list(days)), label=sql.Identifier(LABEL_COLUMN)
-    )
-    frame, rows = _read_sampled(url, where, with_scores=False, max_rows=max_rows)
+    frame, rows = feature_table.read_sample(url, feature_table.labelled_on(days), max_rows=max_rows)
     if rows == 0:
         raise LookupError(
             f"no labelled rows of {', '.join(map(str, days))} in features.customer_features: "
@@ -165,51 +193,9 @@ def read_reference(
 
 def read_current(url: str, snapshot_date: date, *, max_rows: int) -> tuple[pd.DataFrame, int]:
     """The date's feature rows with their scores (sampled), and the date's row count."""
-    where = sql.SQL("f.snapshot_date = {day}").format(day=sql.Literal(snapshot_date))
-    return _read_sampled(url, where, with_scores=True, max_rows=max_rows)
-
-
-def _read_sampled(
-    url: str, where: sql.Composable, *, with_scores: bool, max_rows: int
-) -> tuple[pd.DataFrame, int]:
-    with psycopg.connect(url) as conn:
-        count = sql.SQL("select count(*) from features.customer_features f where {where}")
-        row = conn.execute(count.format(where=where)).fetchone()
-        rows = int(row[0]) if row else 0
-        columns = ["customer_id", *FEATURE_COLUMNS]
-        selected = [sql.Identifier("f", column) for column in columns]
-        joined = sql.SQL("")
-        if with_scores:
-            columns.append(PROBABILITY)
-            selected.append(sql.Identifier("s", PROBABILITY))
-            joined = sql.SQL(
-                " left join ml.churn_risk_scores s"
-                " on s.snapshot_date = f.snapshot_date and s.customer_id = f.customer_id"
-            )
-        sample = sql.SQL("true")
-        if rows > max_rows:
-            # A seeded hash of the id: the same customers every run, drawn in Postgres.
-            sample = sql.SQL("(hashtextextended(f.customer_id, {seed}) & 1048575) < {cut}").format(
-                seed=sql.Literal(SAMPLE_SEED),
-                cut=sql.Literal(math.ceil(1_048_576 * max_rows / rows)),
-            )
-        query = sql.SQL(
-            "copy (select {columns} from features.customer_features f{joined}"
-            " where {where} and {sample}) to stdout with (format csv)"
-        ).format(columns=sql.SQL(", ").join(selected), joined=joined, where=where, sample=sample)
-        chunks = list(stream_copy_chunks(conn, query, columns, READ_CHUNK_ROWS))
-    frame = pd.concat(chunks, ignore_index=True) if chunks else _empty(columns)
-    return _compact(frame.drop(columns="customer_id")), rows
-
-
-def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as categories (small; after the concat, which would undo categories that
-    differ between chunks), flags as nullable booleans: still model input."""
-    for column in CATEGORICAL_FEATURES:
-        chunk[column] = chunk[column].astype("category")
-    for column in BOOLEAN_FEATURES:
-        chunk[column] = chunk[column].astype("boolean")
-    return chunk
+    return feature_table.read_sample(
+        url, feature_table.on_date(snapshot_date), max_rows=max_rows, with_scores=True
+    )
 
 
 def _for_evidently(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -219,10 +205,6 @@ def _for_evidently(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if column in out:
             out[column] = out[column].map({True: "true", False: "false"}).astype("category")
     return out
-
-
-def _empty(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype="object") for column in columns})
 
 
 # --- Guards. ---
@@ -277,6 +259,10 @@ def measure_drift(
     report_path: Path,
 ) -> DriftReport:
     """Run the guards and Evidently; write the HTML report to ``report_path``."""
+    from evidently import DataDefinition, Dataset, Report  # noqa: PLC0415  (seconds to import)
+    from evidently.metrics import ValueDrift  # noqa: PLC0415
+    from evidently.presets import DataDriftPreset  # noqa: PLC0415
+
     ref = reference.frame.copy()
     columns, findings = guard_columns(ref, current, missing_share_jump=config.missing_share_jump)
     methods, thresholds = config.per_column()
@@ -395,74 +381,8 @@ def _write_placeholder(path: Path, snapshot_date: date, findings: list[Finding])
 
 
 def save_report(url: str, report: DriftReport) -> None:
-    """Replace the date's row of ``monitoring.drift_reports`` in one transaction."""
-    with psycopg.connect(url) as conn, conn.transaction():
-        conn.execute(
-            "delete from monitoring.drift_reports where snapshot_date = %s",
-            (report.snapshot_date,),
-        )
-        conn.execute(
-            "insert into monitoring.drift_reports (snapshot_date, reference_model_version,"
-            " reference_snapshots, reference_rows, current_rows, dataset_drift, drift_share,"
-            " drift_share_threshold, drifted_columns, column_results, findings,"
-            " prediction_drift, report_path)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                report.snapshot_date,
-                report.reference_model_version,
-                ",".join(map(str, report.reference_snapshots)),
-                report.reference_rows,
-                report.current_rows,
-                report.dataset_drift,
-                report.drift_share,
-                report.drift_share_threshold,
-                _json([asdict(c) for c in report.drifted_columns]),
-                _json([asdict(c) for c in report.columns]),
-                _json([asdict(f) for f in report.findings]),
-                _json(asdict(report.prediction)) if report.prediction else None,
-                str(report.report_path),
-            ),
-        )
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, default=str)
-
-
-@dataclass(frozen=True)
-class StoredDrift:
-    """A row of ``monitoring.drift_reports``, as the retraining sensor reads it."""
-
-    snapshot_date: date
-    reference_model_version: str
-    dataset_drift: bool
-    drift_share: float
-    drift_share_threshold: float
-    drifted_columns: tuple[str, ...]
-    prediction_drifted: bool
-
-
-def latest_reports(url: str, limit: int = 1) -> list[StoredDrift]:
-    """The newest ``limit`` drift reports, newest first."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "select snapshot_date, reference_model_version, dataset_drift, drift_share,"
-            " drift_share_threshold, drifted_columns, prediction_drift"
-            " from monitoring.drift_reports order by snapshot_date desc limit %s",
-            (limit,),
-        ).fetchall()
-    return [
-        StoredDrift(
-            snapshot_date=row[0],
-            reference_model_version=row[1],
-            dataset_drift=row[2],
-            drift_share=row[3],
-            drift_share_threshold=row[4],
-            drifted_columns=tuple(column["column"] for column in row[5]),
-            prediction_drifted=bool(row[6] and row[6].get("drifted")),
-        )
-        for row in rows
-    ]
+    """Replace the date's row of ``monitoring.drift_reports``."""
+    monitoring.save_drift_report(url, report.as_row())
 
 
 def iter_columns(report: DriftReport) -> Iterator[ColumnDrift]:

@@ -10,16 +10,18 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 
-from retention_pipelines.core.features import FeatureEncoder
-from retention_pipelines.core.model import ChurnModel, booster_margin
+from retention_pipelines.churn_model import ChurnModel, FeatureEncoder, ModelKind
+from retention_pipelines.core.features import fit_encoder
 from retention_pipelines.core.training import (
     Baseline,
-    ModelKind,
     TrainingQualityError,
     TrainingSplit,
+    TrialCallback,
     TunedCandidate,
     TuningBudget,
+    booster_margin,
     choose_calibrator,
     choose_tree_weight,
     evaluate,
@@ -33,6 +35,8 @@ from retention_pipelines.core.training import (
 )
 
 logger = logging.getLogger(__name__)
+# The test metrics people compare models by.
+COMPARED = ("roc_auc", "pr_auc", "brier", "top_decile_lift")
 MODEL_KINDS: tuple[ModelKind, ...] = ("xgboost", "catboost")
 
 
@@ -62,6 +66,17 @@ class TrainingResult:
         table[f"{self.winner} + linear, calibrated (chosen)"] = self.test
         return table
 
+    def comparison_frame(self, extra: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+        """Test metrics of the baseline, each tuned family and the chosen model (and of
+        ``extra`` rows, e.g. the current champion), one row per model."""
+        rows = {**self.comparison(), **(extra or {})}
+        return pd.DataFrame(
+            [
+                {"model": name, **{metric: round(metrics[metric], 4) for metric in COMPARED}}
+                for name, metrics in rows.items()
+            ]
+        )
+
 
 def train_churn_model(
     split: TrainingSplit,
@@ -71,6 +86,7 @@ def train_churn_model(
     budgets: dict[ModelKind, TuningBudget],
     seed: int,
     baseline_tolerance: float,
+    on_trial: TrialCallback | None = None,
 ) -> TrainingResult:
     """Tune both families, pick the winner by validation ROC AUC, blend it with the logistic
     model in log-odds and calibrate the blend, both on validation data.
@@ -78,7 +94,7 @@ def train_churn_model(
     Raises :class:`TrainingQualityError` when the calibrated winner's test ROC AUC is below the
     logistic baseline's by more than ``baseline_tolerance``.
     """
-    encoder = FeatureEncoder.fit(split.train)
+    encoder = fit_encoder(split.train)
     baseline = fit_baseline(encoder, split, seed=seed)
     baseline_test = evaluate(labels_of(split.test), baseline.predict(split.test))
     candidates: dict[str, CandidateResult] = {}
@@ -92,6 +108,7 @@ def train_churn_model(
             split=split,
             budget=budgets[kind],
             seed=seed,
+            on_trial=on_trial,
         )
         booster, validation_scores, test_scores = refit_candidate(
             kind, tuned.params, encoder, split, seed
@@ -146,8 +163,8 @@ def blend_and_calibrate(
         kind=winner,
         encoder=encoder,
         booster=booster,
-        calibrator=choose_calibrator(1 / (1 + np.exp(-margin)), labels, seed=seed),
-        linear=baseline,
+        calibrator=choose_calibrator(1 / (1 + np.exp(-margin)), labels, seed=seed).to_part(),
+        linear=baseline.to_part(),
         tree_weight=tree_weight,
     )
     return (

@@ -22,39 +22,23 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any, Final
 
 import pandas as pd
-import psycopg
 from mlflow import MlflowClient
-from psycopg.types.json import Jsonb
 
 from retention_pipelines.core import registry
+from retention_pipelines.core.warehouse import monitoring
+from retention_pipelines.core.warehouse.monitoring import CALIBRATION_BINS, PERFORMANCE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-PERFORMANCE_TABLE: Final = "monitoring.model_performance"
 # The run metric the training logs for the model's test split (core/tracking.py).
 TEST_AUC_METRIC: Final = "test_roc_auc"
-CALIBRATION_BINS: Final = 10
-_COLUMNS: Final[tuple[str, ...]] = (
-    "evaluated_on",
-    "score_date",
-    "model_version",
-    "customers",
-    "churned",
-    "roc_auc",
-    "top_decile_lift",
-    "brier",
-    "mean_probability",
-    "churn_rate",
-    "calibration",
-)
-# A fixed first key for the advisory lock; the second is the date (days since 2000-01-01).
-_LOCK_NAMESPACE: Final = 0x9E2_F0A
 # Realised and test AUC are rounded figures: "exactly at the threshold" is no drop.
 _FLOAT_SLACK: Final = 1e-9
 
@@ -121,92 +105,23 @@ class PerformanceOutcome:
 
 # --- measuring and recording -----------------------------------------------------------------
 
-# One pass: the labelled customers of the day joined to the scores in the horizon (`joined`,
-# materialized once), ranked per group (one sort serves all three windows), aggregated per
-# group, with the calibration bins of each group as a jsonb array.
-_MEASURE = f"""
-with labelled as (
-    select customer_id, churned::int as label
-    from features.customer_features
-    where snapshot_date = %(day)s and churned is not null
-),
-joined as materialized (
-    select s.snapshot_date as score_date, s.model_version, s.customer_id,
-           s.churn_probability as probability,
-           least(greatest(s.churn_probability, 1e-7), 1 - 1e-7) as clipped,
-           l.label
-    from ml.churn_risk_scores s
-    join labelled l on l.customer_id = s.customer_id
-    where s.snapshot_date >= %(first)s and s.snapshot_date < %(day)s
-),
-ranked as (
-    select score_date, model_version, probability, clipped, label,
-           rank() over by_probability
-               + (count(*) over (partition by score_date, model_version, clipped) - 1) / 2.0
-               as mid_rank,
-           count(*) over by_group - row_number() over by_position + 1 as from_top,
-           count(*) over by_group as group_size
-    from joined
-    window by_group as (partition by score_date, model_version),
-           by_probability as (by_group order by clipped),
-           by_position as (by_group order by clipped, customer_id desc)
-),
-metrics as (
-    select score_date, model_version,
-           count(*) as customers,
-           sum(label) as churned,
-           coalesce(sum(mid_rank) filter (where label = 1), 0) as positive_rank_sum,
-           avg(label) filter (where from_top <= greatest(1, group_size / 10)) as top_decile_rate,
-           avg((clipped - label) ^ 2) as brier,
-           avg(probability) as mean_probability,
-           avg(label) as churn_rate
-    from ranked
-    group by score_date, model_version
-),
-bins as (
-    select score_date, model_version,
-           least(width_bucket(probability, 0, 1, {CALIBRATION_BINS}), {CALIBRATION_BINS}) as bin,
-           avg(probability) as mean_probability, avg(label) as churn_rate, count(*) as customers
-    from joined
-    group by 1, 2, 3
-),
-calibration as (
-    select score_date, model_version,
-           jsonb_agg(jsonb_build_object(
-               'bin', bin, 'mean_probability', mean_probability,
-               'churn_rate', churn_rate, 'customers', customers) order by bin) as bins
-    from bins
-    group by score_date, model_version
-)
-select m.score_date, m.model_version, m.customers, m.churned, m.positive_rank_sum,
-       m.top_decile_rate, m.brier, m.mean_probability, m.churn_rate, c.bins
-from metrics m
-join calibration c using (score_date, model_version)
-order by m.score_date, m.model_version
-"""
-
 
 def record_performance(url: str, evaluated_on: date, *, horizon_days: int) -> PerformanceOutcome:
     """Judge the scores of the ``horizon_days`` before ``evaluated_on`` by its labels, and
     replace that date's rows of ``monitoring.model_performance`` with the result.
 
-    Measuring and writing share one transaction holding an advisory lock on the date: two runs
-    of one date take turns, readers see the previous rows until the commit, and a failure
-    leaves them as they were. A date without labels, or without earlier scores in the
-    horizon, is replaced by nothing (labels that vanished take their figures with them), and
-    the outcome says which it was.
+    The figures are computed inside Postgres and written in one transaction holding the
+    date's advisory lock: two runs of one date take turns, readers see the previous rows
+    until the commit, and a failure leaves them as they were. A date without labels, or
+    without earlier scores in the horizon, is replaced by nothing (labels that vanished take
+    their figures with them), and the outcome says which it was.
     """
     if horizon_days < 1:
         raise ValueError(f"the performance horizon must be at least one day, got {horizon_days}")
     first = evaluated_on - timedelta(days=horizon_days)
-    with psycopg.connect(url) as conn, conn.transaction():
-        conn.execute(
-            "select pg_advisory_xact_lock(%s, %s)", (_LOCK_NAMESPACE, _lock_key(evaluated_on))
-        )
-        labelled = _count_labelled(conn, evaluated_on)
-        groups = measure(conn, evaluated_on, first) if labelled else ()
-        conn.execute(f"delete from {PERFORMANCE_TABLE} where evaluated_on = %s", (evaluated_on,))
-        _copy_rows(conn, groups)
+    labelled = monitoring.labelled_customers(url, evaluated_on)
+    groups = measure(url, evaluated_on, first) if labelled else ()
+    monitoring.replace_performance(url, evaluated_on, performance_rows(groups))
     outcome = PerformanceOutcome(
         evaluated_on=evaluated_on,
         first_score_date=first,
@@ -218,15 +133,20 @@ def record_performance(url: str, evaluated_on: date, *, horizon_days: int) -> Pe
 
 
 def measure(
-    conn: psycopg.Connection, evaluated_on: date, first_score_date: date
+    url: str, evaluated_on: date, first_score_date: date
 ) -> tuple[RealisedPerformance, ...]:
     """The realised performance of every (score date, model version) with scores from
     ``first_score_date`` up to the day before ``evaluated_on``, by that day's labels."""
-    # A hash join, never a nested loop: the day's labels were usually written minutes ago and
-    # the planner would expect a handful of rows where there are millions.
-    conn.execute("set local enable_nestloop = off")
-    rows = conn.execute(_MEASURE, {"day": evaluated_on, "first": first_score_date}).fetchall()
-    return tuple(_realised(evaluated_on, *row) for row in rows)
+    groups = monitoring.realised_groups(url, evaluated_on, first_score_date)
+    return tuple(_realised(evaluated_on, *row) for row in groups.itertuples(index=False, name=None))
+
+
+def performance_rows(groups: tuple[RealisedPerformance, ...]) -> pd.DataFrame:
+    """The groups as rows of ``monitoring.model_performance`` (calibration as JSON)."""
+    records = [asdict(group) for group in groups]
+    for record in records:
+        record["calibration"] = json.dumps(record["calibration"])
+    return pd.DataFrame(records, columns=list(PERFORMANCE_COLUMNS))
 
 
 def _realised(
@@ -272,39 +192,6 @@ def _calibration_bin(entry: dict[str, Any]) -> CalibrationBin:
         churn_rate=float(entry["churn_rate"]),
         customers=int(entry["customers"]),
     )
-
-
-def _count_labelled(conn: psycopg.Connection, evaluated_on: date) -> int:
-    row = conn.execute(
-        "select count(*) from features.customer_features"
-        " where snapshot_date = %s and churned is not null",
-        (evaluated_on,),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _copy_rows(conn: psycopg.Connection, groups: tuple[RealisedPerformance, ...]) -> None:
-    columns = ", ".join(_COLUMNS)
-    with conn.cursor().copy(f"copy {PERFORMANCE_TABLE} ({columns}) from stdin") as copy:
-        for group in groups:
-            values = asdict(group)
-            values["calibration"] = Jsonb(values["calibration"])
-            copy.write_row([values[column] for column in _COLUMNS])
-
-
-def _lock_key(day: date) -> int:
-    return (day - date(2000, 1, 1)).days
-
-
-def read_performance(url: str, evaluated_on: date) -> pd.DataFrame:
-    """The rows recorded for one labelled date, in score date and version order."""
-    with psycopg.connect(url) as conn:
-        cursor = conn.execute(
-            f"select {', '.join(_COLUMNS)} from {PERFORMANCE_TABLE}"
-            " where evaluated_on = %s order by score_date, model_version",
-            (evaluated_on,),
-        )
-        return pd.DataFrame(cursor.fetchall(), columns=list(_COLUMNS))
 
 
 # --- the retraining signal -------------------------------------------------------------------
@@ -364,16 +251,10 @@ def performance_drop(
     "Latest" is the most recent labelled date, and within it the most recent score date: the
     freshest scores judged by the freshest labels. Groups of one class (no AUC) are skipped.
     """
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            f"select evaluated_on, score_date, roc_auc from {PERFORMANCE_TABLE}"
-            " where model_version = %s and roc_auc is not null"
-            " order by evaluated_on desc, score_date desc limit 1",
-            (version,),
-        ).fetchone()
-    if row is None:
+    latest = monitoring.latest_realised_auc(url, version)
+    if latest is None:
         return None
-    evaluated_on, score_date, realised = row
+    evaluated_on, score_date, realised = latest
     return PerformanceDrop(
         version=version,
         evaluated_on=evaluated_on,
@@ -387,21 +268,25 @@ def performance_drop(
 # --- for people ------------------------------------------------------------------------------
 
 
-def realised_auc_history(url: str, *, until: date, days: int = 90) -> pd.DataFrame:
-    """Per score date of the ``days`` before ``until`` and model version, the realised ROC
-    AUC by the latest labels up to ``until`` (a score date is judged again by every labelled
-    snapshot within the horizon after it; the latest judgement is the one shown)."""
-    with psycopg.connect(url) as conn:
-        cursor = conn.execute(
-            "select distinct on (score_date, model_version)"
-            " score_date, model_version, evaluated_on, roc_auc, customers"
-            f" from {PERFORMANCE_TABLE}"
-            " where evaluated_on <= %(until)s and score_date >= %(since)s"
-            " and roc_auc is not null"
-            " order by score_date, model_version, evaluated_on desc",
-            {"until": until, "since": until - timedelta(days=days)},
-        )
-        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
+def groups_frame(groups: tuple[RealisedPerformance, ...]) -> pd.DataFrame:
+    """The figures per score date and version (no ROC AUC or lift for one class only)."""
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return pd.DataFrame(
+        {
+            "score date": [str(group.score_date) for group in groups],
+            "version": [group.model_version for group in groups],
+            "customers": [group.customers for group in groups],
+            "churned": [group.churned for group in groups],
+            "ROC AUC": [rounded(group.roc_auc, 4) for group in groups],
+            "top-decile lift": [rounded(group.top_decile_lift, 2) for group in groups],
+            "Brier": [round(group.brier, 4) for group in groups],
+            "mean probability": [round(group.mean_probability, 3) for group in groups],
+            "churn rate": [round(group.churn_rate, 3) for group in groups],
+        }
+    )
 
 
 def realised_auc_plot(history: pd.DataFrame, *, test_auc: ChampionReference | None = None) -> str:

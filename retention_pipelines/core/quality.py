@@ -13,7 +13,6 @@ but the Data Docs site is written, and analytics are off so nothing reaches for 
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -26,11 +25,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
-import psycopg
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from retention_pipelines.core.features import (
     BOOLEAN_FEATURES,
@@ -39,6 +33,9 @@ from retention_pipelines.core.features import (
     NUMERIC_FEATURES,
 )
 from retention_pipelines.core.schemas import CATEGORIES, CUSTOMER_ID_PATTERN, MAX_TENURE_MONTHS
+from retention_pipelines.core.warehouse import features as feature_table
+from retention_pipelines.core.warehouse import monitoring
+from retention_pipelines.core.warehouse.tables import CUSTOMER_FEATURES
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -49,9 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FEATURES_TABLE: Final = "features.customer_features"
 SUITE_NAME: Final = "customer_features"
-QUALITY_TABLE: Final = "monitoring.data_quality"
 
 # Every column of the table but the snapshot date (the one selected) and the label.
 CHECKED_COLUMNS: Final[tuple[str, ...]] = (
@@ -59,11 +54,6 @@ CHECKED_COLUMNS: Final[tuple[str, ...]] = (
     *CATEGORICAL_FEATURES,
     *BOOLEAN_FEATURES,
     *NUMERIC_FEATURES,
-)
-INTEGER_COLUMNS: Final[tuple[str, ...]] = (
-    "tenure_months",
-    "add_on_service_count",
-    "contract_length_months",
 )
 TENURE_BANDS: Final[tuple[str, ...]] = ("0-6", "7-12", "13-24", "25-48", "49+")
 CONTRACT_MONTHS: Final[dict[str, int]] = {"Month-to-month": 1, "One year": 12, "Two year": 24}
@@ -111,18 +101,40 @@ class QualityReport:
     def failures(self) -> tuple[ExpectationOutcome, ...]:
         return tuple(outcome for outcome in self.results if not outcome.success)
 
+    def as_row(self) -> dict[str, Any]:
+        """The report as its row of ``monitoring.data_quality``."""
+        return {
+            "snapshot_date": self.snapshot_date,
+            "success": self.success,
+            "expectations": self.expectations,
+            "failed": len(self.failures),
+            "results": [outcome.as_json() for outcome in self.results],
+            "docs_path": str(self.docs_path),
+        }
+
+    def failures_frame(self) -> pd.DataFrame:
+        """The failed expectations with what they observed, for people."""
+        return pd.DataFrame(
+            {
+                "expectation": [item.expectation for item in self.failures],
+                "column": [item.column or "" for item in self.failures],
+                "rows": [item.condition or "all" for item in self.failures],
+                "observed": [describe_observed(item.observed) for item in self.failures],
+            }
+        )
+
     @property
     def message(self) -> str:
         """One line for a person: what was checked and how it went."""
         if self.rows == 0:
             return (
-                f"no rows of {FEATURES_TABLE} for {self.snapshot_date} "
+                f"no rows of {CUSTOMER_FEATURES} for {self.snapshot_date} "
                 f"(raw.customer_snapshots holds {self.expected_rows:,}): nothing to validate"
             )
         failed = len(self.failures)
         verdict = "all met" if failed == 0 else f"{failed} failed"
         return (
-            f"{self.expectations} expectations on {self.rows:,} rows of {FEATURES_TABLE} "
+            f"{self.expectations} expectations on {self.rows:,} rows of {CUSTOMER_FEATURES} "
             f"for {self.snapshot_date}: {verdict}"
         )
 
@@ -134,97 +146,11 @@ def validate_customer_features(url: str, snapshot_date: date, docs_dir: Path) ->
     ``monitoring.data_quality`` is replaced. An empty partition is a failed suite, not an
     error: the row-count expectations say so.
     """
-    features, expected_rows = read_partition(url, snapshot_date)
+    features, expected_rows = feature_table.read_partition(url, snapshot_date)
     report = run_suite(features, snapshot_date, expected_rows, docs_dir)
-    record_report(url, report)
+    monitoring.save_quality(url, report.as_row())
     logger.info("%s", report.message)
     return report
-
-
-# --- Reading the partition. ---
-
-
-def read_partition(url: str, snapshot_date: date) -> tuple[pd.DataFrame, int]:
-    """The date's feature rows and the number of valid raw rows the features were built from.
-
-    Both are read in one repeatable-read transaction, so they describe the same moment. The
-    rows stream out of Postgres with COPY and Arrow parses them as they arrive: the text of a
-    million-row day is never held whole.
-    """
-    columns = [*CHECKED_COLUMNS, LABEL_COLUMN]
-    query = sql.SQL(
-        "copy (select {columns} from features.customer_features where snapshot_date = {day})"
-        " to stdout with (format csv, header true)"
-    ).format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        day=sql.Literal(snapshot_date),
-    )
-    with psycopg.connect(url) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with conn.transaction():
-            raw_rows, built = conn.execute(
-                "select (select count(*) from raw.customer_snapshots where snapshot_date = %s),"
-                " to_regclass(%s) is not null",
-                (snapshot_date, FEATURES_TABLE),
-            ).fetchone() or (0, False)
-            if not built:  # dbt has never run on this database: no day has features yet
-                return pd.DataFrame({column: [] for column in columns}), int(raw_rows)
-            with conn.cursor().copy(query) as copy:
-                table = pa_csv.read_csv(io.BufferedReader(_CopyStream(copy)), **_csv_options())
-    return table.to_pandas(split_blocks=True, self_destruct=True), int(raw_rows)
-
-
-class _CopyStream(io.RawIOBase):
-    """A ``COPY ... TO STDOUT`` as a readable binary file, for Arrow's CSV reader.
-
-    Postgres sends a row per message; each read fills the caller's buffer with as many rows
-    as fit, so Arrow sees blocks, not lines.
-    """
-
-    def __init__(self, copy: psycopg.Copy) -> None:
-        self._copy = copy
-        self._pending = memoryview(b"")
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(target):
-            if not self._pending:
-                if self._done:
-                    break
-                self._pending = memoryview(bytes(self._copy.read()))
-                self._done = not self._pending
-                continue
-            size = min(len(target) - filled, len(self._pending))
-            target[filled : filled + size] = self._pending[:size]
-            self._pending = self._pending[size:]
-            filled += size
-        return filled
-
-
-def _csv_options() -> dict[str, Any]:
-    """Postgres' CSV as typed columns: ``t``/``f`` booleans, NULL (unquoted empty) as null."""
-    # Categories dictionary-encoded (pandas categoricals): small codes, not a string per row.
-    types: dict[str, pa.DataType] = {
-        column: pa.dictionary(pa.int32(), pa.string()) for column in CATEGORICAL_FEATURES
-    }
-    types["customer_id"] = pa.string()
-    types |= {column: pa.float64() for column in NUMERIC_FEATURES}
-    types |= {column: pa.int64() for column in INTEGER_COLUMNS}
-    types |= {column: pa.bool_() for column in (*BOOLEAN_FEATURES, LABEL_COLUMN)}
-    return {
-        "convert_options": pa_csv.ConvertOptions(
-            column_types=types,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        )
-    }
 
 
 # --- The suite. ---
@@ -337,7 +263,7 @@ def _validate(
     context = gx.get_context(mode="ephemeral", project_config=_context_config(site_dir))
     batch = (
         context.data_sources.add_pandas("warehouse")
-        .add_dataframe_asset(FEATURES_TABLE)
+        .add_dataframe_asset(CUSTOMER_FEATURES)
         .add_batch_definition_whole_dataframe(snapshot_date.isoformat())
     )
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
@@ -491,51 +417,3 @@ def describe_observed(observed: Any) -> str:
     if isinstance(observed, dict) and "error" in observed:
         return f"error: {observed['error']}"
     return str(observed)
-
-
-def failures_markdown(report: QualityReport) -> str:
-    """The failed expectations as a Markdown table with what was observed."""
-    if not report.failures:
-        return "No expectation failed."
-    lines = ["| expectation | column | rows | observed |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| {item.expectation} | {item.column or ''} | {item.condition or 'all'} | "
-        f"{describe_observed(item.observed).replace('|', '/')} |"
-        for item in report.failures
-    ]
-    return "\n".join(lines)
-
-
-# --- Recording. ---
-
-
-def record_report(url: str, report: QualityReport) -> None:
-    """Replace the date's row of ``monitoring.data_quality`` (one statement, one transaction)."""
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            f"insert into {QUALITY_TABLE}"
-            " (snapshot_date, success, expectations, failed, results, docs_path, checked_at)"
-            " values (%s, %s, %s, %s, %s, %s, now())"
-            " on conflict (snapshot_date) do update set"
-            " success = excluded.success, expectations = excluded.expectations,"
-            " failed = excluded.failed, results = excluded.results,"
-            " docs_path = excluded.docs_path, checked_at = excluded.checked_at",
-            (
-                report.snapshot_date,
-                report.success,
-                report.expectations,
-                len(report.failures),
-                Jsonb([outcome.as_json() for outcome in report.results]),
-                str(report.docs_path),
-            ),
-        )
-
-
-def quality_passed(url: str, snapshot_date: date) -> bool | None:
-    """The date's Great Expectations verdict from ``monitoring.data_quality`` (None: not run)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            f"select success from {QUALITY_TABLE} where snapshot_date = %s",
-            (snapshot_date,),
-        ).fetchone()
-    return None if row is None else bool(row[0])

@@ -30,6 +30,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from retention_pipelines.churn_model import ChurnModel
 from retention_pipelines.core.database import ensure_database, sqlalchemy_url, with_database
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def champion_version(client: MlflowClient) -> str | None:
 def promote(client: MlflowClient, version: str, *, reason: str, actor: str) -> None:
     """Point ``champion`` at ``version`` and record who did it and why.
 
-    Scoring and the API read the alias, so this is the one step that changes what customers
+    Scoring reads the alias, so this is the one step that changes what customers
     are scored with. The history on the registered model is what :func:`rollback` reads.
     """
     client.get_model_version(MODEL_NAME, version)  # a clear error for a version that is absent
@@ -439,22 +440,36 @@ def _code_name(code: int) -> str:
     return str(ErrorCode.Name(code))
 
 
-# --- loading the champion ------------------------------------------------------------------
+# --- loading models ------------------------------------------------------------------------
 
 
-def load_champion(client: MlflowClient) -> tuple[mlflow.pyfunc.PyFuncModel, str]:
+def load_version(client: MlflowClient, version: str) -> ChurnModel:
+    """The churn model of ``version``, found through ``client`` (exactly what
+    ``models:/churn-model/<version>`` resolves to), not through the process-wide tracking URI,
+    which may point at another store. Models of any format this release reads load the same."""
+    location = client.get_model_version_download_uri(MODEL_NAME, version)
+    python_model = mlflow.pyfunc.load_model(location).unwrap_python_model()
+    model = getattr(python_model, "model", None)
+    if not isinstance(model, ChurnModel):
+        raise TypeError(f"{MODEL_NAME} version {version} is not a churn model: {python_model!r}")
+    return model
+
+
+def load_champion(client: MlflowClient) -> tuple[ChurnModel, str]:
     """The champion model and its version, resolved once.
 
     The alias is read a single time and the model loaded by that version, so a promotion
     while a scoring run is under way cannot give it one version's model and another's
-    number. The version's artefacts are found through ``client`` (exactly what
-    ``models:/churn-model/<version>`` resolves to), not through the process-wide tracking
-    URI, which may point at another store.
+    number.
     """
     version = champion_version(client)
     if version is None:
-        raise LookupError(
-            f"{MODEL_NAME} has no {CHAMPION} yet: train a model (retrain_job) or promote one"
+        raise NoChampionError(
+            f"{MODEL_NAME} has no {CHAMPION} yet: train one with `retention train` "
+            "(or the retrain_job in Dagster), or promote a version"
         )
-    location = client.get_model_version_download_uri(MODEL_NAME, version)
-    return mlflow.pyfunc.load_model(location), version
+    return load_version(client, version), version
+
+
+class NoChampionError(LookupError):
+    """The registry has no champion model to score with."""

@@ -13,13 +13,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from retention_pipelines.core.drift import StoredDrift
 from retention_pipelines.core.performance import PerformanceDrop
+from retention_pipelines.core.warehouse import monitoring
 
 TRIGGER_TAG = "retention/trigger"
 DRIFT_DATE_TAG = "retention/drift_date"
 CHAMPION_TAG = "retention/champion_version"
 REASON_TAG = "retention/reason"
+
+
+@dataclass(frozen=True)
+class StoredDrift:
+    """A row of ``monitoring.drift_reports``, as the retraining sensor reads it."""
+
+    snapshot_date: date
+    reference_model_version: str
+    dataset_drift: bool
+    drift_share: float
+    drift_share_threshold: float
+    drifted_columns: tuple[str, ...]
+    prediction_drifted: bool
+
+
+def latest_reports(url: str, limit: int = 1) -> list[StoredDrift]:
+    """The newest ``limit`` drift reports, newest first."""
+    return [
+        StoredDrift(
+            snapshot_date=row["snapshot_date"],
+            reference_model_version=row["reference_model_version"],
+            dataset_drift=row["dataset_drift"],
+            drift_share=row["drift_share"],
+            drift_share_threshold=row["drift_share_threshold"],
+            drifted_columns=tuple(column["column"] for column in row["drifted_columns"]),
+            prediction_drifted=bool(
+                row["prediction_drift"] and row["prediction_drift"].get("drifted")
+            ),
+        )
+        for row in monitoring.latest_drift_reports(url, limit)
+    ]
 
 
 @dataclass(frozen=True)

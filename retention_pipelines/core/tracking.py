@@ -16,12 +16,11 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
-from retention_pipelines.core.features import FEATURE_COLUMNS, feature_frame
-from retention_pipelines.core.model import PROBABILITY_COLUMN, ChurnPyfunc
+from retention_pipelines.churn_model import pyfunc
+from retention_pipelines.core.features import FEATURE_COLUMNS, INTEGER_FEATURES, feature_frame
 from retention_pipelines.core.model_search import TrainingResult
 from retention_pipelines.core.training import TrainingSplit, labels_of
 
@@ -50,13 +49,11 @@ def log_training_run(
         with tempfile.TemporaryDirectory() as folder:
             for path in _artefacts(result, split, Path(folder), data_description, champion_test):
                 mlflow.log_artifact(str(path), artifact_path="report")
-        example = feature_frame(split.test.head(5))
-        output = pd.DataFrame({PROBABILITY_COLUMN: result.model.predict_proba(example)})
-        info = mlflow.pyfunc.log_model(
+        info = pyfunc.log_model(
+            result.model,
             name="model",
-            python_model=ChurnPyfunc(result.model),
-            signature=infer_signature(example, output),
-            input_example=example,
+            signature=pyfunc.signature(result.model, INTEGER_FEATURES),
+            input_example=feature_frame(split.test.head(5), keep_integers=True),
             pip_requirements=_requirements(),
         )
     return LoggedRun(run_id=run.info.run_id, model_uri=info.model_uri)
@@ -174,18 +171,9 @@ def _model_card(
     champion_test: dict[str, float] | None,
     path: Path,
 ) -> Path:
-    rows = [
-        "| model | ROC AUC | PR AUC | Brier | top-decile lift |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    table = result.comparison()
-    if champion_test is not None:
-        table["current champion"] = champion_test
-    for name, metrics in table.items():
-        rows.append(
-            f"| {name} | {metrics['roc_auc']:.4f} | {metrics['pr_auc']:.4f} | "
-            f"{metrics['brier']:.4f} | {metrics['top_decile_lift']:.2f} |"
-        )
+    comparison = result.comparison_frame(
+        {"current champion": champion_test} if champion_test is not None else None
+    ).to_markdown(index=False)
     splits = "\n".join(
         f"- {name}: {int(part['rows']):,} rows, churn rate {part['churn_rate']:.1%}"
         for name, part in result.split_summary.items()
@@ -209,7 +197,7 @@ customer churns. Reasons are exact contributions to the blended log-odds (TreeSH
 trees, coefficient times centred value for the linear part).
 
 ## Metrics on the test split
-{chr(10).join(rows)}
+{comparison}
 
 ## Intended use
 Ranking customers by churn risk for retention outreach, and reading the probability as a

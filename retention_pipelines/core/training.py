@@ -28,15 +28,13 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from retention_pipelines.core.features import (
-    CATEGORICAL_FEATURES,
-    LABEL_COLUMN,
-    FeatureEncoder,
-)
+from retention_pipelines.churn_model import Calibrator as CalibratorPart
+from retention_pipelines.churn_model import FeatureEncoder, LinearPart, ModelKind
+from retention_pipelines.churn_model.parts import logit, tree_data, tree_margin
+from retention_pipelines.core.features import LABEL_COLUMN
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["xgboost", "catboost"]
 MIN_LABELLED_ROWS = 200
 THREADS = 2  # this platform's machines have two cores; both boosters use both
 
@@ -140,11 +138,18 @@ class Baseline:
     design_means: pd.Series
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(self.encoder.linear_input(frame))[:, 1]
+        return self.model.predict_proba(self._design(frame))[:, 1]
 
     def margin(self, frame: pd.DataFrame) -> np.ndarray:
         """Log-odds of churn."""
-        return self.model.decision_function(self.encoder.linear_input(frame))
+        return self.model.decision_function(self._design(frame))
+
+    def to_part(self) -> LinearPart:
+        """The fitted coefficients as the model artefact keeps them."""
+        return LinearPart.from_fitted(self.model, self.design_means)
+
+    def _design(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.encoder.linear_matrix(self.encoder.tree_input(frame))
 
 
 def fit_baseline(encoder: FeatureEncoder, split: TrainingSplit, *, seed: int) -> Baseline:
@@ -152,6 +157,10 @@ def fit_baseline(encoder: FeatureEncoder, split: TrainingSplit, *, seed: int) ->
     model = LogisticRegression(max_iter=2_000, C=1.0, random_state=seed)
     model.fit(design.to_numpy(dtype=float), labels_of(split.train))
     return Baseline(encoder=encoder, model=model, design_means=design.mean())
+
+
+# Told (model kind, trials done, trials budgeted) after every trial of a study.
+TrialCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -234,22 +243,17 @@ def fit_xgboost(
     )
 
 
+def booster_margin(
+    booster: xgb.Booster | catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
+) -> np.ndarray:
+    """Either booster's log-odds of churn (XGBoost: up to the best, early-stopped round)."""
+    return tree_margin(booster, tree_data(booster, encoder.tree_input(frame), encoder.categorical))
+
+
 def predict_xgboost(
     booster: xgb.Booster, encoder: FeatureEncoder, frame: pd.DataFrame
 ) -> np.ndarray:
-    matrix = xgb.DMatrix(encoder.tree_input(frame), enable_categorical=True)
-    return _sigmoid(tree_margin(booster, matrix))
-
-
-def tree_margin(
-    model: xgb.Booster | catboost.CatBoostClassifier, data: xgb.DMatrix | catboost.Pool
-) -> np.ndarray:
-    """Either booster's log-odds of churn (XGBoost: up to the best, early-stopped round)."""
-    if isinstance(model, xgb.Booster):
-        return model.predict(
-            data, output_margin=True, iteration_range=(0, model.best_iteration + 1)
-        )
-    return np.asarray(model.predict(data, prediction_type="RawFormulaVal"), dtype=float)
+    return _sigmoid(booster_margin(booster, encoder, frame))
 
 
 def _catboost_params(trial: optuna.Trial, seed: int) -> dict[str, Any]:
@@ -276,7 +280,9 @@ def fit_catboost(
         allow_writing_files=False,
     )
     model.fit(
-        encoder.catboost_input(train), labels_of(train), cat_features=list(CATEGORICAL_FEATURES)
+        encoder.catboost_from_tree(encoder.tree_input(train)),
+        labels_of(train),
+        cat_features=list(encoder.categorical),
     )
     return model
 
@@ -284,8 +290,7 @@ def fit_catboost(
 def predict_catboost(
     model: catboost.CatBoostClassifier, encoder: FeatureEncoder, frame: pd.DataFrame
 ) -> np.ndarray:
-    pool = catboost.Pool(encoder.catboost_input(frame), cat_features=list(CATEGORICAL_FEATURES))
-    return _sigmoid(tree_margin(model, pool))
+    return _sigmoid(booster_margin(model, encoder, frame))
 
 
 def _sigmoid(margin: np.ndarray) -> np.ndarray:
@@ -324,13 +329,15 @@ def tune(
     split: TrainingSplit,
     budget: TuningBudget,
     seed: int,
+    on_trial: TrialCallback | None = None,
 ) -> TunedCandidate:
     """Run (or resume) an Optuna study for one model family, pruning hopeless trials.
 
     XGBoost reports validation AUC every ten boosting rounds; CatBoost reports the running
     mean AUC after each of three cross-validation folds on the training data. The study is
     stored (Postgres in the platform), so a second call with the same name continues it and
-    several workers can share it.
+    several workers can share it. ``on_trial`` hears (kind, trials done, trials budgeted)
+    after every trial.
     """
     objective = (
         _xgboost_objective(encoder, split, seed)
@@ -348,7 +355,12 @@ def tune(
     started = time.perf_counter()
     finished = _count(study, optuna.trial.TrialState.COMPLETE)
     remaining = max(0, budget.trials - finished - _count(study, optuna.trial.TrialState.PRUNED))
-    study.optimize(objective, n_trials=remaining, timeout=budget.timeout_s, n_jobs=1)
+    callbacks = (
+        [lambda study, trial: on_trial(kind, len(study.trials), budget.trials)] if on_trial else []
+    )
+    study.optimize(
+        objective, n_trials=remaining, timeout=budget.timeout_s, n_jobs=1, callbacks=callbacks
+    )
     if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
         raise TrainingDataError(f"no {kind} trial completed within the budget {budget}")
     timed_out = len(study.trials) < budget.trials
@@ -421,7 +433,8 @@ ISOTONIC_MARGIN = 0.001
 
 @dataclass
 class Calibrator:
-    """Maps a model's raw score to a probability; fitted on validation data only."""
+    """Maps a model's raw score to a probability; fitted on validation data only, with
+    scikit-learn, and kept in the model artefact as its fitted numbers (:meth:`to_part`)."""
 
     method: Calibration
     isotonic: IsotonicRegression | None = None
@@ -435,10 +448,14 @@ class Calibrator:
         assert self.sigmoid is not None  # noqa: S101
         return self.sigmoid.predict_proba(_logit(scores).reshape(-1, 1))[:, 1]
 
+    def to_part(self) -> CalibratorPart:
+        """The fitted calibrator as the model artefact keeps it."""
+        fitted = self.isotonic if self.method == "isotonic" else self.sigmoid
+        return CalibratorPart.from_fitted(self.method, fitted)
+
 
 def _logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(scores, 1e-6, 1 - 1e-6)
-    return np.log(clipped / (1 - clipped))
+    return logit(np.asarray(scores))
 
 
 def fit_calibrator(method: Calibration, scores: np.ndarray, labels: np.ndarray) -> Calibrator:

@@ -1,4 +1,4 @@
--- The warehouse schemas of DESIGN §3 and the raw tables that ingestion writes.
+-- The warehouse schemas (docs/architecture.md) and the raw tables that ingestion writes.
 create schema if not exists raw;
 create schema if not exists staging;
 create schema if not exists features;

@@ -1,0 +1,176 @@
+"""How rows move between Postgres and Python: one streaming reader (``COPY ... TO STDOUT``
+parsed by Arrow a chunk at a time), one writer (``COPY ... FROM STDIN`` of a frame), and one
+way to replace a partition in one transaction.
+
+Memory follows the chunk size, never the row count: the reader holds at most one chunk of
+CSV text and yields a frame per chunk; the writer takes one frame at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from psycopg import sql
+
+# Postgres' CSV: booleans are t/f, NULL is an unquoted empty field.
+_TRUE, _FALSE = ["t"], ["f"]
+# A sample keeps a customer when this many low bits of a seeded hash of its id fall under a cut.
+_SAMPLE_BUCKETS = 1_048_576
+SAMPLE_SEED = 20_240_101
+
+
+def copy_out(
+    conn: psycopg.Connection,
+    select: sql.Composable,
+    columns: Sequence[str],
+    *,
+    types: Mapping[str, pa.DataType],
+    chunk_rows: int,
+) -> Iterator[pd.DataFrame]:
+    """The rows of ``select`` as frames of ``chunk_rows`` rows (the last one shorter).
+
+    One COPY streams the rows out as CSV; the stream is cut at line ends into chunks that
+    Arrow parses with ``types`` (columns not named are inferred). ``columns`` name the
+    query's columns in order. A value holding a line break would split a row: the callers'
+    columns cannot hold one (validated ids, categories, flags and numbers), and a chunk that
+    parses to another row count fails loudly rather than misread.
+    """
+    query = sql.SQL("copy ({select}) to stdout with (format csv)").format(select=select)
+    pending, lines = bytearray(), 0
+    with conn.cursor().copy(query) as copy:
+        for block in copy:
+            pending += block
+            lines += bytes(block).count(b"\n")
+            if lines < chunk_rows:
+                continue
+            ends = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == ord("\n"))
+            while lines >= chunk_rows:
+                cut = int(ends[chunk_rows - 1]) + 1
+                yield _parse(bytes(pending[:cut]), columns, types, chunk_rows)
+                del pending[:cut]
+                ends = ends[chunk_rows:] - cut
+                lines -= chunk_rows
+    if pending:
+        yield _parse(bytes(pending), columns, types, lines)
+
+
+def _parse(
+    data: bytes, columns: Sequence[str], types: Mapping[str, pa.DataType], rows: int
+) -> pd.DataFrame:
+    table = pa_csv.read_csv(
+        io.BytesIO(data),
+        read_options=pa_csv.ReadOptions(column_names=list(columns)),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict(types),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=_TRUE,
+            false_values=_FALSE,
+        ),
+    )
+    if table.num_rows != rows:
+        raise ValueError(f"a chunk of {rows} lines parsed to {table.num_rows} rows")
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def concat_frames(frames: Iterable[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """The chunks of :func:`copy_out` as one frame (an empty one with ``columns`` when there
+    were none). Categorical columns keep the union of their chunks' categories."""
+    chunks = list(frames)
+    if not chunks:
+        return pd.DataFrame({column: pd.Series(dtype="object") for column in columns})
+    if len(chunks) == 1:
+        return chunks[0]
+    categorical = [
+        c for c in chunks[0].columns if isinstance(chunks[0][c].dtype, pd.CategoricalDtype)
+    ]
+    for column in categorical:
+        union = pd.api.types.union_categoricals([chunk[column] for chunk in chunks]).categories
+        for chunk in chunks:
+            chunk[column] = chunk[column].cat.set_categories(union)
+    return pd.concat(chunks, ignore_index=True)
+
+
+def copy_in(
+    conn: psycopg.Connection, table: str, frame: pd.DataFrame, columns: Sequence[str] | None = None
+) -> int:
+    """COPY a frame into ``table`` (its columns, or ``columns`` in the frame's order); return
+    the rows copied. Arrow's CSV writer quotes every string, so an empty string stays an
+    empty string and only a missing value (written unquoted, empty) becomes NULL."""
+    if frame.empty:
+        return 0
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(
+        pa.Table.from_pandas(frame, preserve_index=False),
+        buffer,
+        pa_csv.WriteOptions(include_header=False),
+    )
+    names = sql.SQL(", ").join(map(sql.Identifier, columns or list(frame.columns)))
+    statement = sql.SQL("copy {table} ({names}) from stdin with (format csv)").format(
+        table=table_name(table), names=names
+    )
+    with conn.cursor().copy(statement) as copy:
+        copy.write(buffer.getvalue().to_pybytes())
+    return len(frame)
+
+
+def table_name(table: str) -> sql.Identifier:
+    """``schema.table`` as a quoted identifier."""
+    return sql.Identifier(*table.split("."))
+
+
+@contextmanager
+def partition_transaction(url: str, table: str, key: date) -> Iterator[psycopg.Connection]:
+    """A transaction holding the advisory lock of ``table``'s partition ``key``.
+
+    Two writers of one partition take turns; readers see the previous rows until the
+    commit, and an exception anywhere inside rolls everything back.
+    """
+    with psycopg.connect(url) as conn, conn.transaction():
+        lock_partition(conn, table, key)
+        yield conn
+
+
+def lock_partition(conn: psycopg.Connection, table: str, key: date) -> None:
+    """The advisory lock of one partition, held until the transaction ends."""
+    namespace = zlib.crc32(table.encode()) & 0x7FFF_FFFF
+    conn.execute("select pg_advisory_xact_lock(%s, %s)", (namespace, (key - date(2000, 1, 1)).days))
+
+
+def delete_partition(
+    conn: psycopg.Connection, table: str, key: date, *, key_column: str = "snapshot_date"
+) -> int:
+    """Delete a partition's rows (inside the caller's transaction); return how many."""
+    statement = sql.SQL("delete from {table} where {column} = %s").format(
+        table=table_name(table), column=sql.Identifier(key_column)
+    )
+    return conn.execute(statement, (key,)).rowcount
+
+
+def stable_sample(id_column: sql.Composable, *, rows: int, max_rows: int) -> sql.Composable:
+    """A predicate keeping about ``max_rows`` of ``rows`` rows, by a seeded hash of the id:
+    the same customers every time, drawn in Postgres. True when no sampling is needed."""
+    if rows <= max_rows:
+        return sql.SQL("true")
+    return sql.SQL("(hashtextextended({id}, {seed}) & {mask}) < {cut}").format(
+        id=id_column,
+        seed=sql.Literal(SAMPLE_SEED),
+        mask=sql.Literal(_SAMPLE_BUCKETS - 1),
+        cut=sql.Literal(math.ceil(_SAMPLE_BUCKETS * max_rows / rows)),
+    )
+
+
+def scalar(conn: psycopg.Connection, query: sql.Composable | str, params: object = None) -> object:
+    """The first column of the first row of ``query``; None when there is no row."""
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None

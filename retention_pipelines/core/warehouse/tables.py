@@ -1,0 +1,14 @@
+"""Every table and view the platform reads or writes, named once."""
+
+from typing import Final
+
+RAW_SNAPSHOTS: Final = "raw.customer_snapshots"
+RAW_REJECTS: Final = "raw.customer_rejects"
+INGESTION_RUNS: Final = "raw.ingestion_runs"
+CUSTOMER_FEATURES: Final = "features.customer_features"
+CHURN_RISK_SCORES: Final = "ml.churn_risk_scores"
+DRIFT_REPORTS: Final = "monitoring.drift_reports"
+DATA_QUALITY: Final = "monitoring.data_quality"
+MODEL_PERFORMANCE: Final = "monitoring.model_performance"
+CUSTOMER_RISK_LATEST: Final = "analytics.customer_risk_latest"
+RISK_BAND_SUMMARY: Final = "analytics.risk_band_summary"

@@ -1,0 +1,57 @@
+"""Small churn models for tests that need a registered model but not a trained one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from retention_pipelines.churn_model import Calibrator, ChurnModel, pyfunc
+from retention_pipelines.core.features import INTEGER_FEATURES, fit_encoder
+
+FORMAT_0 = Path(__file__).resolve().parent / "fixtures" / "churn_model_format_0"
+
+
+def feature_rows() -> pd.DataFrame:
+    """Forty synthetic customers' rows of ``features.customer_features`` (no snapshot date),
+    typed as the table gives them, with what the format-0 fixture models predicted for them."""
+    records = json.loads((FORMAT_0 / "xgboost_sigmoid" / "expected_probabilities.json").read_text())
+    return pd.DataFrame(records).drop(columns="expected_probability")
+
+
+def constant_churn_model(probability: float) -> ChurnModel:
+    """A churn model that gives everyone ``probability``: its calibrator maps every score
+    there, whatever a one-round booster says. Versions are told apart by what they predict."""
+    rows = feature_rows()
+    encoder = fit_encoder(rows)
+    labels = np.arange(len(rows)) % 2
+    booster = xgb.train(
+        {"max_depth": 1, "objective": "binary:logistic"},
+        xgb.DMatrix(encoder.tree_input(rows), labels, enable_categorical=True),
+        num_boost_round=1,
+    )
+    calibrator = Calibrator("isotonic", thresholds=(0.0, 1.0), values=(probability, probability))
+    return ChurnModel(kind="xgboost", encoder=encoder, booster=booster, calibrator=calibrator)
+
+
+def log_churn_model(model: ChurnModel) -> str:
+    """Log ``model`` in the active run, as training does; return its model URI."""
+    info = pyfunc.log_model(
+        model,
+        name="model",
+        signature=pyfunc.signature(model, INTEGER_FEATURES),
+        input_example=feature_rows().head(3),
+        pip_requirements=["mlflow"],
+    )
+    return info.model_uri
+
+
+def probability_of(model: ChurnModel) -> float:
+    return float(model.predict_proba(feature_rows()).mean())
+
+
+__all__ = ["constant_churn_model", "feature_rows", "log_churn_model", "mlflow", "probability_of"]
