@@ -33,11 +33,12 @@ $(DBT_MANIFEST): .venv/.installed dbt_project/dbt_project.yml $(shell find dbt_p
 
 install: .venv/.installed $(DBT_MANIFEST) ## Create .venv, install the locked dependencies, parse the dbt project
 
+# Both write DAGSTER_HOME into ./.env, which Dagster's own commands read in this folder.
 demo: install ## Start the embedded Postgres, build today's partition, serve the Dagster UI on :3000
-	$(RUN) retention demo --port $(PORT)
+	$(RUN) retention demo --port $(PORT) --dotenv .env
 
 dev: install ## Serve the Dagster UI (webserver and daemon) on the local instance
-	DAGSTER_HOME="$$($(RUN) retention dagster-home)" $(RUN) dagster dev -w workspace.yaml -p $(PORT)
+	eval "$$($(RUN) retention env --dotenv .env)" && $(RUN) dagster dev -w workspace.yaml -p $(PORT)
 
 mlflow: install ## MLflow UI on :5000 over the platform's registry (backend store in Postgres)
 	$(RUN) mlflow ui --port 5000 --backend-store-uri "$$($(RUN) retention model tracking-uri)"

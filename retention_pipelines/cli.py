@@ -54,6 +54,7 @@ def main() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
+
 DateOption = Annotated[
     str, typer.Option("--date", help="Snapshot date, YYYY-MM-DD (default: today).")
 ]
@@ -308,15 +309,19 @@ def dagster_home() -> None:
     print(_local_dagster_home())
 
 
+DotenvOption = Annotated[
+    Path | None,
+    typer.Option(help="Also write DAGSTER_HOME into this .env file (Dagster reads ./.env)."),
+]
+
+
 @app.command("env")
-def env(
-    dotenv: Annotated[
-        Path | None,
-        typer.Option(help="Also write DAGSTER_HOME into this .env file (Dagster reads ./.env)."),
-    ] = None,
-) -> None:
-    """Print ``export DAGSTER_HOME=...`` for the local instance: ``eval "$(retention env)"``
-    lets Dagster's own commands (``dagster job list``, ``dagster asset materialize``) use it."""
+def env(dotenv: DotenvOption = None) -> None:
+    """Print `export DAGSTER_HOME=...` of the local Dagster instance.
+
+    `eval "$(retention env)"` lets Dagster's own commands (`dagster job list`, `dagster asset
+    materialize`) use it; `--dotenv .env` also writes it where they read it in this folder.
+    """
     home = _local_dagster_home()
     if dotenv is not None:
         write_dotenv(dotenv, "DAGSTER_HOME", str(home))
@@ -416,8 +421,11 @@ def train(
     ] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Train a churn model on the latest labelled snapshot (``retrain_job`` on the local
-    Dagster instance): tune, register a challenger, and let the gate decide on the champion."""
+    """Train a churn model on the latest labelled snapshot, with a progress bar.
+
+    Runs `retrain_job` on the local Dagster instance: tunes, registers a challenger, and the
+    gate decides whether it becomes the champion. The run shows in the UI afterwards.
+    """
     from retention_pipelines.core.warehouse.features import labelled_dates  # noqa: PLC0415
     from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
@@ -455,9 +463,11 @@ def train(
 
 @app.command()
 def score(snapshot_date: DateOption = "", verbose: VerboseOption = False) -> None:
-    """Run the nightly job for one date (ingestion, features, scores, analytics, drift)
-    through the local Dagster instance, with a progress bar; the run shows in the UI
-    afterwards."""
+    """Score every customer of a date with the champion, with a progress bar.
+
+    Runs `nightly_scoring_job` for the date on the local Dagster instance (ingestion,
+    features, scores, analytics, drift); the run shows in the UI afterwards.
+    """
     from retention_pipelines.core import registry  # noqa: PLC0415
 
     day = _parse_date(snapshot_date)
@@ -490,8 +500,9 @@ def demo(
     customers: Annotated[int, typer.Option(min=1, help="Customers in the demo snapshot.")] = 5_000,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then run dagster dev.")] = True,
     port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+    dotenv: DotenvOption = None,
 ) -> None:
-    """Build today's partition of everything, print what was built, then serve the Dagster UI."""
+    """Build today's snapshot and features, print what was built, then serve the Dagster UI."""
     from retention_pipelines.demo import run_demo  # noqa: PLC0415
     from retention_pipelines.local_runs import terminal  # noqa: PLC0415
 
@@ -505,6 +516,8 @@ def demo(
         report = run_demo(
             get_settings(), customers=customers, on_progress=show, log_path=_log_path("demo")
         )
+    if dotenv is not None:
+        write_dotenv(dotenv, "DAGSTER_HOME", str(report.dagster_home))
     _print_report(report)
     if serve:
         env = {**os.environ, "DAGSTER_HOME": str(report.dagster_home)}

@@ -151,7 +151,11 @@ class MlflowResource(dg.ConfigurableResource):
         return self._client or self._configure()
 
     def _configure(self) -> MlflowClient:
-        uri = self.tracking_uri or mlflow_tracking_uri(self.warehouse.url(), self.mlflow_database)
+        uri = (
+            self.tracking_uri
+            if self.tracking_uri is not None
+            else mlflow_tracking_uri(self.warehouse.url(), self.mlflow_database)
+        )
         mlflow.set_tracking_uri(uri)
         if mlflow.get_experiment_by_name(self.experiment) is None:
             root = Path(self.artifact_root)

@@ -188,7 +188,7 @@ class RetentionSettings(BaseSettings):
 
     @property
     def resolved_landing_dir(self) -> Path:
-        return self.landing_dir or self.home_dir / "landing"
+        return self.home_dir / "landing" if self.landing_dir is None else self.landing_dir
 
     @property
     def embedded_pgdata(self) -> Path:
@@ -196,11 +196,13 @@ class RetentionSettings(BaseSettings):
 
     @property
     def resolved_mlflow_artifact_root(self) -> Path:
-        return self.mlflow_artifact_root or self.home_dir / "mlartifacts"
+        if self.mlflow_artifact_root is None:
+            return self.home_dir / "mlartifacts"
+        return self.mlflow_artifact_root
 
     @property
     def resolved_reports_dir(self) -> Path:
-        return self.reports_dir or self.home_dir / "reports"
+        return self.home_dir / "reports" if self.reports_dir is None else self.reports_dir
 
     @property
     def dagster_home(self) -> Path:

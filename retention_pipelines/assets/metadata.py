@@ -1,8 +1,7 @@
 """Frames as Dagster metadata: the one place tables are rendered for the UI.
 
 ``core`` returns pandas frames; :func:`table` turns one into a ``MetadataValue.table`` with a
-``TableSchema`` (the UI shows it as a sortable table), :func:`markdown` into Markdown for the
-few places that mix a table with other text.
+``TableSchema``, which the UI shows as a table with typed columns.
 """
 
 from __future__ import annotations
@@ -31,10 +30,6 @@ def table(frame: pd.DataFrame) -> dg.TableMetadataValue:
         for row in frame.to_dict("records")
     ]
     return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def markdown(frame: pd.DataFrame) -> dg.MarkdownMetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=False))
 
 
 def _column_type(dtype: Any) -> str:

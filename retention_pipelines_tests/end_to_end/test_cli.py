@@ -1,5 +1,8 @@
 """The ``retention`` command as a person uses it."""
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -7,10 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from retention_pipelines.cli import app
+from retention_pipelines.cli import app, write_dotenv
 from retention_pipelines.core import database
 from retention_pipelines.core.schemas import TELCO_COLUMNS
 from retention_pipelines.settings import get_settings
+from retention_pipelines_tests.helpers import platform_settings
 from retention_pipelines_tests.landing_files import customer, write_rows
 
 runner = CliRunner()
@@ -81,3 +85,35 @@ def test_db_upgrade_migrates_and_prepares_the_reader_role(
     assert f"database at migration {latest}" in result.output
     assert "read-only role retention_reader" in result.output
     assert database.current_version(database_url) == latest
+
+
+@pytest.mark.slow
+def test_after_retention_env_dagsters_own_commands_use_the_local_instance(
+    database_url: str, server_url: str, tmp_path: Path
+) -> None:
+    """``retention env --dotenv .env`` puts DAGSTER_HOME where Dagster's command line reads
+    it, so ``dagster job list`` typed in that folder finds the local Postgres instance."""
+    home = tmp_path / "home"
+    with platform_settings(database_url, server_url, home):
+        result = runner.invoke(app, ["env", "--dotenv", str(tmp_path / ".env")])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"export DAGSTER_HOME={home / 'dagster_home'}"
+        assert (tmp_path / ".env").read_text() == f"DAGSTER_HOME={home / 'dagster_home'}\n"
+        environment = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        completed = subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "job", "list",
+             "-m", "retention_pipelines.definitions"],
+            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+            check=False,
+        )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert {"daily_snapshot_job", "nightly_scoring_job", "retrain_job"} <= set(
+        completed.stdout.split()
+    )
+
+
+def test_write_dotenv_replaces_its_variable_and_keeps_the_other_lines(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("A=1\nDAGSTER_HOME=/old\n# a comment\n")
+    write_dotenv(dotenv, "DAGSTER_HOME", "/new")
+    assert dotenv.read_text() == "A=1\n# a comment\nDAGSTER_HOME=/new\n"
