@@ -326,17 +326,7 @@ class SimulatedReport:
 
 
 def _detection(server: str, folder: Path, args: argparse.Namespace) -> None:
-    settings = get_settings()
-    config = MonitoringResource(
-        drift_share_threshold=settings.drift_share_threshold,
-        drift_numerical_method=settings.drift_numerical_method,
-        drift_numerical_threshold=settings.drift_numerical_threshold,
-        drift_categorical_method=settings.drift_categorical_method,
-        drift_categorical_threshold=settings.drift_categorical_threshold,
-        drift_column_methods=settings.drift_column_methods,
-        drift_missing_share_jump=settings.drift_missing_share_jump,
-        drift_max_rows=settings.drift_max_rows,
-    ).drift_config()
+    config = MonitoringResource.from_settings(get_settings()).drift_config()
     print(
         f"\n--- 2. Detection over {args.days} simulated days "
         f"({args.sim_customers:,} customers a day; reference: day 1's labelled rows) ---"

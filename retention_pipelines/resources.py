@@ -43,6 +43,31 @@ def _default(name: str) -> Any:
     return field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
 
 
+_SETTING = "setting"
+
+
+def _setting(name: str) -> Any:
+    """A resource field holding the setting ``name``: its default and its description."""
+    return Field(
+        default=_default(name),
+        description=RetentionSettings.model_fields[name].description,
+        json_schema_extra={_SETTING: name},
+    )
+
+
+class _SettingsResource(dg.ConfigurableResource):
+    """A resource whose fields hold settings (declared with :func:`_setting`)."""
+
+    @classmethod
+    def from_settings(cls, settings: RetentionSettings, **values: Any) -> Any:
+        """The resource with every setting field from ``settings``; ``values`` for the rest."""
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and _SETTING in extra and name not in values:
+                values[name] = getattr(settings, str(extra[_SETTING]))
+        return cls(**values)
+
+
 def prepared_database_url(
     database_url: str | None, *, home_dir: Path, reader_role: str, reader_password: str
 ) -> str:
@@ -115,19 +140,19 @@ class WarehouseResource(dg.ConfigurableResource):
                     os.environ[name] = value
 
 
-class LandingResource(dg.ConfigurableResource):
+class LandingResource(_SettingsResource):
     """Where landing files arrive, and the limits ingestion applies to them."""
 
     landing_dir: str = Field(description="The folder of customers_YYYY-MM-DD.csv files.")
-    max_file_bytes: int = Field(default=_default("max_file_bytes"))
-    chunk_rows: int = Field(default=_default("ingest_chunk_rows"))
-    max_reject_share: float = Field(default=_default("max_reject_share"))
+    max_file_bytes: int = _setting("max_file_bytes")
+    chunk_rows: int = _setting("ingest_chunk_rows")
+    max_reject_share: float = _setting("max_reject_share")
 
     def path_for(self, snapshot_date: date) -> Path:
         return Path(self.landing_dir) / landing_file_name(snapshot_date)
 
 
-class MlflowResource(dg.ConfigurableResource):
+class MlflowResource(_SettingsResource):
     """MLflow: the backend store in a database of the warehouse's server, artefacts in a
     folder. This process's MLflow is pointed at them once, when Dagster sets the resource up
     for a run (or a sensor asks for the client first); :attr:`client` is then at hand."""
@@ -136,10 +161,10 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str | None = Field(
         default=None, description="The backend store; unset: mlflow_database on the warehouse."
     )
-    mlflow_database: str = Field(default=_default("mlflow_database"))
+    mlflow_database: str = _setting("mlflow_database")
     artifact_root: str = Field(default=str(_default("home_dir") / "mlartifacts"))
-    experiment: str = Field(default=_default("mlflow_experiment"))
-    ui_url: str = Field(default=_default("mlflow_ui_url"))
+    experiment: str = _setting("mlflow_experiment")
+    ui_url: str = _setting("mlflow_ui_url")
     _client: MlflowClient | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -172,48 +197,48 @@ class MlflowResource(dg.ConfigurableResource):
         return f"{self.ui_url.rstrip('/')}/#/models/{model_name}/versions/{version}"
 
 
-class TrainingResource(dg.ConfigurableResource):
+class TrainingResource(_SettingsResource):
     """How a model is trained and when it replaces the champion."""
 
-    seed: int = Field(default=_default("training_seed"))
-    snapshots: int = Field(default=_default("training_snapshots"))
-    xgboost_trials: int = Field(default=_default("xgboost_trials"))
-    xgboost_timeout_s: float = Field(default=_default("xgboost_timeout_s"))
-    catboost_trials: int = Field(default=_default("catboost_trials"))
-    catboost_timeout_s: float = Field(default=_default("catboost_timeout_s"))
-    baseline_tolerance: float = Field(default=_default("baseline_tolerance"))
-    gate_auc_tolerance: float = Field(default=_default("gate_auc_tolerance"))
-    gate_brier_tolerance: float = Field(default=_default("gate_brier_tolerance"))
+    seed: int = _setting("training_seed")
+    snapshots: int = _setting("training_snapshots")
+    xgboost_trials: int = _setting("xgboost_trials")
+    xgboost_timeout_s: float = _setting("xgboost_timeout_s")
+    catboost_trials: int = _setting("catboost_trials")
+    catboost_timeout_s: float = _setting("catboost_timeout_s")
+    baseline_tolerance: float = _setting("baseline_tolerance")
+    gate_auc_tolerance: float = _setting("gate_auc_tolerance")
+    gate_brier_tolerance: float = _setting("gate_brier_tolerance")
 
 
-class ScoringResource(dg.ConfigurableResource):
+class ScoringResource(_SettingsResource):
     """How nightly scoring reads, explains and bands customers."""
 
-    chunk_rows: int = Field(default=_default("scoring_chunk_rows"))
-    reuse_unchanged: bool = Field(default=_default("scoring_reuse_unchanged"))
-    exact_gap: float = Field(default=_default("scoring_exact_gap"))
-    risk_high_threshold: float = Field(default=_default("risk_high_threshold"))
-    risk_medium_threshold: float = Field(default=_default("risk_medium_threshold"))
+    chunk_rows: int = _setting("scoring_chunk_rows")
+    reuse_unchanged: bool = _setting("scoring_reuse_unchanged")
+    exact_gap: float = _setting("scoring_exact_gap")
+    risk_high_threshold: float = _setting("risk_high_threshold")
+    risk_medium_threshold: float = _setting("risk_medium_threshold")
 
     def bands(self) -> RiskBands:
         return RiskBands(high=self.risk_high_threshold, medium=self.risk_medium_threshold)
 
 
-class MonitoringResource(dg.ConfigurableResource):
+class MonitoringResource(_SettingsResource):
     """Drift reports, data quality, realised performance and the retraining sensor."""
 
     reports_dir: str = Field(default=str(_default("home_dir") / "reports"))
-    drift_share_threshold: float = Field(default=_default("drift_share_threshold"))
-    drift_numerical_method: str = Field(default=_default("drift_numerical_method"))
-    drift_numerical_threshold: float = Field(default=_default("drift_numerical_threshold"))
-    drift_categorical_method: str = Field(default=_default("drift_categorical_method"))
-    drift_categorical_threshold: float = Field(default=_default("drift_categorical_threshold"))
-    drift_column_methods: dict[str, str] = Field(default_factory=dict)
-    drift_missing_share_jump: float = Field(default=_default("drift_missing_share_jump"))
-    drift_max_rows: int = Field(default=_default("drift_max_rows"))
-    retrain_cooldown_days: int = Field(default=_default("retrain_cooldown_days"))
-    performance_horizon_days: int = Field(default=_default("performance_horizon_days"))
-    performance_auc_drop: float = Field(default=_default("performance_auc_drop"))
+    drift_share_threshold: float = _setting("drift_share_threshold")
+    drift_numerical_method: str = _setting("drift_numerical_method")
+    drift_numerical_threshold: float = _setting("drift_numerical_threshold")
+    drift_categorical_method: str = _setting("drift_categorical_method")
+    drift_categorical_threshold: float = _setting("drift_categorical_threshold")
+    drift_column_methods: dict[str, str] = _setting("drift_column_methods")
+    drift_missing_share_jump: float = _setting("drift_missing_share_jump")
+    drift_max_rows: int = _setting("drift_max_rows")
+    retrain_cooldown_days: int = _setting("retrain_cooldown_days")
+    performance_horizon_days: int = _setting("performance_horizon_days")
+    performance_auc_drop: float = _setting("performance_auc_drop")
 
     def drift_config(self) -> DriftConfig:
         return DriftConfig(
@@ -257,50 +282,18 @@ def resources_from_settings(settings: RetentionSettings, dbt: DbtProject) -> dic
     )
     return {
         "warehouse": warehouse,
-        "landing": LandingResource(
-            landing_dir=str(settings.resolved_landing_dir),
-            max_file_bytes=settings.max_file_bytes,
-            chunk_rows=settings.ingest_chunk_rows,
-            max_reject_share=settings.max_reject_share,
+        "landing": LandingResource.from_settings(
+            settings, landing_dir=str(settings.resolved_landing_dir)
         ),
-        "mlflow_registry": MlflowResource(
+        "mlflow_registry": MlflowResource.from_settings(
+            settings,
             warehouse=warehouse,
-            mlflow_database=settings.mlflow_database,
             artifact_root=str(settings.resolved_mlflow_artifact_root),
-            experiment=settings.mlflow_experiment,
-            ui_url=settings.mlflow_ui_url,
         ),
-        "training": TrainingResource(
-            seed=settings.training_seed,
-            snapshots=settings.training_snapshots,
-            xgboost_trials=settings.xgboost_trials,
-            xgboost_timeout_s=settings.xgboost_timeout_s,
-            catboost_trials=settings.catboost_trials,
-            catboost_timeout_s=settings.catboost_timeout_s,
-            baseline_tolerance=settings.baseline_tolerance,
-            gate_auc_tolerance=settings.gate_auc_tolerance,
-            gate_brier_tolerance=settings.gate_brier_tolerance,
-        ),
-        "scoring": ScoringResource(
-            chunk_rows=settings.scoring_chunk_rows,
-            reuse_unchanged=settings.scoring_reuse_unchanged,
-            exact_gap=settings.scoring_exact_gap,
-            risk_high_threshold=settings.risk_high_threshold,
-            risk_medium_threshold=settings.risk_medium_threshold,
-        ),
-        "monitoring": MonitoringResource(
-            reports_dir=str(settings.resolved_reports_dir),
-            drift_share_threshold=settings.drift_share_threshold,
-            drift_numerical_method=settings.drift_numerical_method,
-            drift_numerical_threshold=settings.drift_numerical_threshold,
-            drift_categorical_method=settings.drift_categorical_method,
-            drift_categorical_threshold=settings.drift_categorical_threshold,
-            drift_column_methods=settings.drift_column_methods,
-            drift_missing_share_jump=settings.drift_missing_share_jump,
-            drift_max_rows=settings.drift_max_rows,
-            retrain_cooldown_days=settings.retrain_cooldown_days,
-            performance_horizon_days=settings.performance_horizon_days,
-            performance_auc_drop=settings.performance_auc_drop,
+        "training": TrainingResource.from_settings(settings),
+        "scoring": ScoringResource.from_settings(settings),
+        "monitoring": MonitoringResource.from_settings(
+            settings, reports_dir=str(settings.resolved_reports_dir)
         ),
         "dbt": dbt_resource(dbt),
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import xgboost as xgb
@@ -54,4 +53,26 @@ def probability_of(model: ChurnModel) -> float:
     return float(model.predict_proba(feature_rows()).mean())
 
 
-__all__ = ["constant_churn_model", "feature_rows", "log_churn_model", "mlflow", "probability_of"]
+def blended_xgboost(split, *, seed: int, max_depth: int, tree_weight: float = 0.7) -> ChurnModel:
+    """A small XGBoost model blended with the logistic part at ``tree_weight`` and calibrated,
+    as training builds one, on a training split of the Telco features."""
+    from retention_pipelines.core import training  # noqa: PLC0415
+
+    encoder = fit_encoder(split.train)
+    booster = training.fit_xgboost(
+        {"max_depth": max_depth, "eta": 0.1, "seed": seed}, encoder, split
+    )
+    baseline = training.fit_baseline(encoder, split, seed=seed)
+    margin = tree_weight * training.booster_margin(booster, encoder, split.validation)
+    margin += (1 - tree_weight) * baseline.margin(split.validation)
+    calibrator = training.choose_calibrator(
+        1 / (1 + np.exp(-margin)), training.labels_of(split.validation), seed=seed
+    )
+    return ChurnModel(
+        kind="xgboost",
+        encoder=encoder,
+        booster=booster,
+        calibrator=calibrator.to_part(),
+        linear=baseline.to_part(),
+        tree_weight=tree_weight,
+    )

@@ -10,11 +10,11 @@ import pandas as pd
 import psycopg
 import pytest
 
-from retention_pipelines.churn_model import ChurnModel
 from retention_pipelines.core import scoring
 from retention_pipelines.core import training as tr
-from retention_pipelines.core.features import feature_frame, fit_encoder
+from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.warehouse.scores import find_carryover
+from retention_pipelines_tests.churn_models import blended_xgboost
 from retention_pipelines_tests.helpers import TELCO_DAY
 
 pytestmark = pytest.mark.slow
@@ -33,19 +33,7 @@ def features(telco_features: pd.DataFrame) -> pd.DataFrame:
 def model(features: pd.DataFrame) -> scoring.ModelRef:
     """A small blended, calibrated XGBoost model trained on the same data."""
     split = tr.split_training_set(features, seed=SEED)
-    encoder = fit_encoder(split.train)
-    booster = tr.fit_xgboost({"max_depth": 4, "eta": 0.1, "seed": SEED}, encoder, split)
-    baseline = tr.fit_baseline(encoder, split, seed=SEED)
-    margin = 0.7 * tr.booster_margin(booster, encoder, split.validation) + 0.3 * baseline.margin(
-        split.validation
-    )
-    calibrator = tr.choose_calibrator(
-        1 / (1 + np.exp(-margin)), tr.labels_of(split.validation), seed=SEED
-    )
-    churn_model = ChurnModel(
-        kind="xgboost", encoder=encoder, booster=booster, calibrator=calibrator.to_part(),
-        linear=baseline.to_part(), tree_weight=0.7,
-    )  # fmt: skip
+    churn_model = blended_xgboost(split, seed=SEED, max_depth=4)
     return scoring.ModelRef(model=churn_model, name="churn-model", version="3")
 
 

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from retention_pipelines.churn_model import ChurnModel, FeatureEncoder
+from retention_pipelines.churn_model import FeatureEncoder
 from retention_pipelines.churn_model.encoding import UNKNOWN
 from retention_pipelines.churn_model.parts import tree_contributions, tree_data
 from retention_pipelines.core import database
 from retention_pipelines.core import training as tr
 from retention_pipelines.core.explain import top_reasons
 from retention_pipelines.core.features import FEATURE_COLUMNS, feature_frame, fit_encoder
+from retention_pipelines_tests.churn_models import blended_xgboost
 
 pytestmark = pytest.mark.slow
 SEED = 7
@@ -215,7 +216,6 @@ def test_the_blend_weight_favours_the_better_part() -> None:
 def test_the_blended_model_explains_its_margin_exactly(split: tr.TrainingSplit) -> None:
     encoder = fit_encoder(split.train)
     baseline = tr.fit_baseline(encoder, split, seed=SEED)
-    booster = tr.fit_xgboost({"max_depth": 3, "eta": 0.1, "seed": SEED}, encoder, split)
     rows = split.test.head(300)
     linear = linear_contributions(baseline, rows)
     assert list(linear.columns) == list(FEATURE_COLUMNS)
@@ -223,14 +223,7 @@ def test_the_blended_model_explains_its_margin_exactly(split: tr.TrainingSplit) 
     margins = baseline.margin(rows)
     sums = linear.sum(axis=1).to_numpy()
     assert np.allclose(sums - sums[0], margins - margins[0], atol=1e-8)
-    scores = tr.booster_margin(booster, encoder, split.validation)
-    calibrator = tr.choose_calibrator(
-        1 / (1 + np.exp(-scores)), tr.labels_of(split.validation), seed=SEED
-    )
-    model = ChurnModel(
-        kind="xgboost", encoder=encoder, booster=booster, calibrator=calibrator.to_part(),
-        linear=baseline.to_part(), tree_weight=0.7,
-    )  # fmt: skip
+    model = blended_xgboost(split, seed=SEED, max_depth=3)
     blended = model.contributions(rows).sum(axis=1).to_numpy()
     expected = model.margin(rows)
     assert np.allclose(blended - blended[0], expected - expected[0], atol=1e-4)

@@ -16,6 +16,7 @@ from retention_pipelines.core.warehouse.streams import (
     copy_in,
     delete_partition,
     partition_transaction,
+    query_frame,
 )
 from retention_pipelines.core.warehouse.tables import (
     CHURN_RISK_SCORES,
@@ -97,13 +98,13 @@ def save_drift_report(url: str, row: Mapping[str, Any]) -> None:
 def latest_drift_reports(url: str, limit: int = 1) -> list[dict[str, Any]]:
     """The newest ``limit`` rows of ``monitoring.drift_reports``, newest first."""
     with psycopg.connect(url) as conn:
-        cursor = conn.execute(
+        rows = query_frame(
+            conn,
             f"select {', '.join(DRIFT_COLUMNS)} from {DRIFT_REPORTS}"
             " order by snapshot_date desc limit %s",
             (limit,),
         )
-        names = [column.name for column in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return rows.to_dict("records")  # type: ignore[return-value]
 
 
 # --- data quality ----------------------------------------------------------------------------
@@ -237,12 +238,12 @@ def replace_performance(url: str, evaluated_on: date, rows: pd.DataFrame) -> Non
 def read_performance(url: str, evaluated_on: date) -> pd.DataFrame:
     """The rows recorded for one labelled date, in score date and version order."""
     with psycopg.connect(url) as conn:
-        cursor = conn.execute(
+        return query_frame(
+            conn,
             f"select {', '.join(PERFORMANCE_COLUMNS)} from {MODEL_PERFORMANCE}"
             " where evaluated_on = %s order by score_date, model_version",
             (evaluated_on,),
         )
-        return pd.DataFrame(cursor.fetchall(), columns=list(PERFORMANCE_COLUMNS))
 
 
 def latest_realised_auc(url: str, version: str) -> tuple[date, date, float] | None:
@@ -264,7 +265,8 @@ def realised_auc_history(url: str, *, until: date, days: int = 90) -> pd.DataFra
     AUC by the latest labels up to ``until`` (a score date is judged again by every labelled
     snapshot within the horizon after it; the latest judgement is the one shown)."""
     with psycopg.connect(url) as conn:
-        cursor = conn.execute(
+        return query_frame(
+            conn,
             "select distinct on (score_date, model_version)"
             " score_date, model_version, evaluated_on, roc_auc, customers"
             f" from {MODEL_PERFORMANCE}"
@@ -273,4 +275,3 @@ def realised_auc_history(url: str, *, until: date, days: int = 90) -> pd.DataFra
             " order by score_date, model_version, evaluated_on desc",
             {"until": until, "since": until - timedelta(days=days)},
         )
-        return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])

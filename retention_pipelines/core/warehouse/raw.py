@@ -28,6 +28,7 @@ from retention_pipelines.core.warehouse.streams import (
     copy_in,
     delete_partition,
     partition_transaction,
+    query_frame,
     scalar,
 )
 from retention_pipelines.core.warehouse.tables import INGESTION_RUNS, RAW_REJECTS, RAW_SNAPSHOTS
@@ -313,9 +314,9 @@ def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> pd.DataF
     """The first valid rows of a partition, in file order, for the asset's metadata."""
     columns = ["customer_id", "tenure", "contract", "internet_service", "monthly_charges", "churn"]
     with psycopg.connect(url) as conn:
-        rows = conn.execute(
+        return query_frame(
+            conn,
             f"select {', '.join(columns)} from {RAW_SNAPSHOTS} where snapshot_date = %s"
             " order by source_row_number limit %s",
             (snapshot_date, limit),
-        ).fetchall()
-    return pd.DataFrame(rows, columns=columns)
+        )

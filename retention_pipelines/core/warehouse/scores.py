@@ -23,6 +23,7 @@ from retention_pipelines.core.warehouse.streams import (
     copy_in,
     delete_partition,
     partition_transaction,
+    query_frame,
     table_name,
 )
 from retention_pipelines.core.warehouse.tables import CHURN_RISK_SCORES, CUSTOMER_FEATURES
@@ -214,24 +215,24 @@ def probability_tenths(conn: psycopg.Connection, snapshot_date: date) -> dict[in
 
 def first_reason_counts(conn: psycopg.Connection, snapshot_date: date, limit: int) -> pd.DataFrame:
     """The most frequent first reasons (the feature, without its value) and their counts."""
-    rows = conn.execute(
-        "select split_part(top_reason_1, ':', 1), count(*)"
+    return query_frame(
+        conn,
+        """select split_part(top_reason_1, ':', 1) as "first reason", count(*) as customers"""
         f" from {CHURN_RISK_SCORES} where snapshot_date = %s"
         " group by 1 order by 2 desc, 1 limit %s",
         (snapshot_date, limit),
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["first reason", "customers"])
+    )
 
 
 def highest_risk(conn: psycopg.Connection, snapshot_date: date, limit: int) -> pd.DataFrame:
-    cursor = conn.execute(
+    return query_frame(
+        conn,
         "select customer_id, round(churn_probability::numeric, 3)::float as churn_probability,"
         " risk_band, top_reason_1, top_reason_2, top_reason_3"
         f" from {CHURN_RISK_SCORES} where snapshot_date = %s"
         " order by churn_probability desc, customer_id limit %s",
         (snapshot_date, limit),
     )
-    return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
 
 
 @dataclass(frozen=True)

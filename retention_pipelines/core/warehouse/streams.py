@@ -170,6 +170,15 @@ def stable_sample(id_column: sql.Composable, *, rows: int, max_rows: int) -> sql
     )
 
 
+def query_frame(
+    conn: psycopg.Connection, query: sql.Composable | str, params: object = None
+) -> pd.DataFrame:
+    """The rows of a small query (a summary, a preview) as a frame named by its columns."""
+    cursor = conn.execute(query, params)  # type: ignore[arg-type]
+    names = [column.name for column in cursor.description or []]
+    return pd.DataFrame(cursor.fetchall(), columns=names)
+
+
 def scalar(conn: psycopg.Connection, query: sql.Composable | str, params: object = None) -> object:
     """The first column of the first row of ``query``; None when there is no row."""
     row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
