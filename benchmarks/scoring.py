@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from retention_pipelines.churn_model import ChurnModel
+from retention_pipelines.churn_model.model import ChurnModel
 from retention_pipelines.core import database, registry, scoring
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.model_search import (

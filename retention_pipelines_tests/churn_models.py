@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from retention_pipelines.churn_model import Calibrator, ChurnModel, pyfunc
+from retention_pipelines.churn_model import pyfunc
+from retention_pipelines.churn_model.model import ChurnModel
+from retention_pipelines.churn_model.parts import Calibrator
 from retention_pipelines.core.features import INTEGER_FEATURES, fit_encoder
 
 FORMAT_0 = Path(__file__).resolve().parent / "fixtures" / "churn_model_format_0"

@@ -13,11 +13,13 @@ MLflow class of format 0 is :class:`~retention_pipelines.churn_model.pyfunc.Form
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from retention_pipelines.churn_model import encoding
-from retention_pipelines.churn_model.model import ChurnModel as CurrentModel
-from retention_pipelines.churn_model.parts import Calibrator, LinearPart
+
+if TYPE_CHECKING:  # the boosters' modules load with the model, not with this module
+    from retention_pipelines.churn_model.model import ChurnModel as CurrentModel
+    from retention_pipelines.churn_model.parts import Calibrator, LinearPart
 
 # Format 0 did not record its flag columns: they were these, between categories and numbers.
 FORMAT_0_BOOLEANS: Final[tuple[str, ...]] = (
@@ -64,6 +66,8 @@ class ChurnModel:
     tree_weight: float = 1.0
 
     def upgrade(self) -> CurrentModel:
+        from retention_pipelines.churn_model.model import ChurnModel as CurrentModel  # noqa: PLC0415
+
         return CurrentModel(
             kind=self.kind,  # type: ignore[arg-type]
             encoder=self.encoder.upgrade(),
@@ -75,10 +79,14 @@ class ChurnModel:
 
 
 def _calibrator(old: Any) -> Calibrator:
+    from retention_pipelines.churn_model.parts import Calibrator  # noqa: PLC0415
+
     return Calibrator.from_fitted(
         old.method, old.isotonic if old.method == "isotonic" else old.sigmoid
     )
 
 
 def _linear(old: Any) -> LinearPart:
+    from retention_pipelines.churn_model.parts import LinearPart  # noqa: PLC0415
+
     return LinearPart.from_fitted(old.model, old.design_means)

@@ -12,7 +12,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from retention_pipelines.churn_model import ChurnModel, FeatureEncoder, ModelKind
+from retention_pipelines.churn_model.encoding import FeatureEncoder
+from retention_pipelines.churn_model.model import ChurnModel, ModelKind
 from retention_pipelines.core.features import fit_encoder
 from retention_pipelines.core.training import (
     Baseline,

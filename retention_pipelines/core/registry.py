@@ -30,7 +30,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from retention_pipelines.churn_model import ChurnModel
+from retention_pipelines.churn_model.model import ChurnModel
 from retention_pipelines.core.database import ensure_database, sqlalchemy_url, with_database
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from retention_pipelines.churn_model import ChurnModel, Scored
+from retention_pipelines.churn_model.model import ChurnModel, Scored
 from retention_pipelines.core.explain import describe
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.warehouse import features as feature_table

@@ -28,9 +28,10 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from retention_pipelines.churn_model import Calibrator as CalibratorPart
-from retention_pipelines.churn_model import FeatureEncoder, LinearPart, ModelKind
-from retention_pipelines.churn_model.parts import logit, tree_data, tree_margin
+from retention_pipelines.churn_model.encoding import FeatureEncoder
+from retention_pipelines.churn_model.model import ModelKind
+from retention_pipelines.churn_model.parts import Calibrator as CalibratorPart
+from retention_pipelines.churn_model.parts import LinearPart, logit, tree_data, tree_margin
 from retention_pipelines.core.features import LABEL_COLUMN
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from retention_pipelines.assets.features import retention_dbt_models, retention_dbt_project
 from retention_pipelines.assets.ingestion import raw_customer_snapshot
-from retention_pipelines.churn_model import ChurnModel
+from retention_pipelines.churn_model.model import ChurnModel
 from retention_pipelines.core import database, registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.definitions import load_definitions

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retention_pipelines.churn_model import ChurnModel, ModelFormatError
-from retention_pipelines.churn_model.model import MODEL_FILE
+from retention_pipelines.churn_model.model import MODEL_FILE, ChurnModel, ModelFormatError
 from retention_pipelines_tests.churn_models import FORMAT_0, feature_rows, log_churn_model
 
 FORMAT_0_MODELS = ("xgboost_sigmoid", "catboost_isotonic")
@@ -113,7 +112,7 @@ def test_scoring_and_loading_a_model_import_no_training_or_tuning_code(tmp_path:
         "import sys, pandas as pd\n"
         "import retention_pipelines.core.scoring, retention_pipelines.core.registry\n"
         "import retention_pipelines.churn_model.pyfunc\n"
-        "from retention_pipelines.churn_model import ChurnModel\n"
+        "from retention_pipelines.churn_model.model import ChurnModel\n"
         f"model = ChurnModel.load(__import__('pathlib').Path({str(folder)!r}))\n"
         f"model.score(pd.read_json({str(tmp_path / 'rows.json')!r}), exact_from=0.5)\n"
         "print(sorted(m for m in ('optuna', 'retention_pipelines.core.training',"

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from retention_pipelines.churn_model import FeatureEncoder
-from retention_pipelines.churn_model.encoding import UNKNOWN
+from retention_pipelines.churn_model.encoding import UNKNOWN, FeatureEncoder
 from retention_pipelines.churn_model.parts import tree_contributions, tree_data
 from retention_pipelines.core import database
 from retention_pipelines.core import training as tr
