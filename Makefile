@@ -32,6 +32,7 @@ $(DBT_MANIFEST): .venv/.installed dbt_project/dbt_project.yml $(shell find dbt_p
 	$(RUN) dbt parse --quiet --project-dir dbt_project --profiles-dir dbt_project
 
 install: .venv/.installed $(DBT_MANIFEST) ## Create .venv, install the locked dependencies, parse the dbt project
+	@$(RUN) retention env --dotenv .env --keep-existing > /dev/null
 
 # Both write DAGSTER_HOME into ./.env, which Dagster's own commands read in this folder.
 demo: install ## Start the embedded Postgres, build today's partition, serve the Dagster UI on :3000

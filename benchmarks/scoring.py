@@ -394,7 +394,8 @@ def _score_naive(url: str, day: date, model: ChurnModel, rows: int) -> dict[str,
         matrix = xgb.DMatrix(model.encoder.tree_input(features), enable_categorical=True)
         values = np.asarray(explainer.shap_values(matrix))
     else:
-        values = np.asarray(explainer.shap_values(model.encoder.catboost_input(features)))
+        tree = model.encoder.tree_input(features)
+        values = np.asarray(explainer.shap_values(model.encoder.catboost_from_tree(tree)))
     top = np.argsort(-values, axis=1)[:, :3]
     explained = time.perf_counter()
     columns = np.array(features.columns)

@@ -305,7 +305,7 @@ def model_rollback(reason: ReasonOption) -> None:
 
 @app.command("dagster-home")
 def dagster_home() -> None:
-    """Write the local Dagster instance config (Postgres storage) and print DAGSTER_HOME."""
+    """Write the local Dagster instance's config and print its folder (DAGSTER_HOME)."""
     print(_local_dagster_home())
 
 
@@ -316,7 +316,12 @@ DotenvOption = Annotated[
 
 
 @app.command("env")
-def env(dotenv: DotenvOption = None) -> None:
+def env(
+    dotenv: DotenvOption = None,
+    keep: Annotated[
+        bool, typer.Option("--keep-existing", help="Leave a DAGSTER_HOME already in the file.")
+    ] = False,
+) -> None:
     """Print `export DAGSTER_HOME=...` of the local Dagster instance.
 
     `eval "$(retention env)"` lets Dagster's own commands (`dagster job list`, `dagster asset
@@ -324,22 +329,23 @@ def env(dotenv: DotenvOption = None) -> None:
     """
     home = _local_dagster_home()
     if dotenv is not None:
-        write_dotenv(dotenv, "DAGSTER_HOME", str(home))
+        write_dotenv(dotenv, "DAGSTER_HOME", str(home), replace=not keep)
     print(f"export DAGSTER_HOME={shlex.quote(str(home))}")
 
 
 def _local_dagster_home() -> Path:
     from retention_pipelines.instance import write_local_instance  # noqa: PLC0415
-    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
-    settings = get_settings()
-    return write_local_instance(settings, settings_database_url(settings))
+    return write_local_instance(get_settings())
 
 
-def write_dotenv(path: Path, name: str, value: str) -> None:
-    """Set ``name`` in a dotenv file, keeping its other lines."""
+def write_dotenv(path: Path, name: str, value: str, *, replace: bool = True) -> None:
+    """Set ``name`` in a dotenv file, keeping its other lines; with ``replace`` False, a
+    value already there stays."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     kept = [line for line in lines if not line.strip().startswith(f"{name}=")]
+    if len(kept) < len(lines) and not replace:
+        return
     path.write_text("\n".join([*kept, f"{name}={value}"]) + "\n", encoding="utf-8")
 
 

@@ -26,7 +26,6 @@ from typing import Any, TextIO
 import dagster as dg
 
 from retention_pipelines.instance import write_local_instance
-from retention_pipelines.resources import settings_database_url
 from retention_pipelines.settings import RetentionSettings
 
 POLL_S = 0.5
@@ -68,7 +67,7 @@ class RunOutcome:
 
 def local_instance(settings: RetentionSettings) -> dg.DagsterInstance:
     """The local instance (its config written, ``DAGSTER_HOME`` set for this process)."""
-    home = write_local_instance(settings, settings_database_url(settings))
+    home = write_local_instance(settings)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 

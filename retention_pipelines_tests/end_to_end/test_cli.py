@@ -87,33 +87,65 @@ def test_db_upgrade_migrates_and_prepares_the_reader_role(
     assert database.current_version(database_url) == latest
 
 
+def _dagster_job_list(folder: Path) -> subprocess.CompletedProcess[str]:
+    """``dagster job list`` typed in ``folder``, without DAGSTER_HOME in the environment."""
+    environment = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "job", "list",
+         "-m", "retention_pipelines.definitions"],
+        cwd=folder, env=environment, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+JOBS = {"daily_snapshot_job", "nightly_scoring_job", "retrain_job"}
+
+
 @pytest.mark.slow
 def test_after_retention_env_dagsters_own_commands_use_the_local_instance(
     database_url: str, server_url: str, tmp_path: Path
 ) -> None:
     """``retention env --dotenv .env`` puts DAGSTER_HOME where Dagster's command line reads
-    it, so ``dagster job list`` typed in that folder finds the local Postgres instance."""
+    it, so ``dagster job list`` typed in that folder opens the local Postgres instance."""
     home = tmp_path / "home"
     with platform_settings(database_url, server_url, home):
         result = runner.invoke(app, ["env", "--dotenv", str(tmp_path / ".env")])
         assert result.exit_code == 0, result.output
         assert result.output.strip() == f"export DAGSTER_HOME={home / 'dagster_home'}"
         assert (tmp_path / ".env").read_text() == f"DAGSTER_HOME={home / 'dagster_home'}\n"
-        environment = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-        completed = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "job", "list",
-             "-m", "retention_pipelines.definitions"],
-            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
-            check=False,
-        )  # fmt: skip
+        assert "RETENTION_DATABASE_URL" in (home / "dagster_home" / "dagster.yaml").read_text()
+        completed = _dagster_job_list(tmp_path)
     assert completed.returncode == 0, completed.stderr
-    assert {"daily_snapshot_job", "nightly_scoring_job", "retrain_job"} <= set(
-        completed.stdout.split()
-    )
+    assert set(completed.stdout.split()) >= JOBS
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_a_fresh_home_gets_a_local_instance_whose_embedded_server_starts_on_demand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``make install`` leaves: the instance's config and ``.env`` written without any
+    database; Dagster's command then starts the embedded server itself."""
+    home = tmp_path / "home"
+    monkeypatch.delenv("RETENTION_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RETENTION_HOME_DIR", str(home))
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["env", "--dotenv", str(tmp_path / ".env"), "--keep-existing"])
+        assert result.exit_code == 0, result.output
+        assert not (home / "pgdata").exists()  # nothing started yet
+        completed = _dagster_job_list(tmp_path)
+    finally:
+        get_settings.cache_clear()
+        database.stop_embedded_server(home / "pgdata")
+    assert completed.returncode == 0, completed.stderr
+    assert set(completed.stdout.split()) >= JOBS
+    assert (home / "pgdata" / "PG_VERSION").exists()
 
 
 def test_write_dotenv_replaces_its_variable_and_keeps_the_other_lines(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("A=1\nDAGSTER_HOME=/old\n# a comment\n")
+    write_dotenv(dotenv, "DAGSTER_HOME", "/kept", replace=False)
+    assert dotenv.read_text() == "A=1\nDAGSTER_HOME=/old\n# a comment\n"
     write_dotenv(dotenv, "DAGSTER_HOME", "/new")
     assert dotenv.read_text() == "A=1\n# a comment\nDAGSTER_HOME=/new\n"

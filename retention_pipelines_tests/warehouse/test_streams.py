@@ -12,11 +12,11 @@ import pytest
 from psycopg import sql
 
 from retention_pipelines.core.warehouse.streams import (
-    concat_frames,
     copy_in,
     copy_out,
     delete_partition,
     partition_transaction,
+    read_frame,
     stable_sample,
 )
 
@@ -52,18 +52,20 @@ def test_the_reader_yields_frames_of_the_chunk_size_typed_as_asked(rows: str) ->
     types = {"amount": pa.float64(), "label": pa.dictionary(pa.int32(), pa.string())}
     with psycopg.connect(rows) as conn:
         frames = list(copy_out(conn, _select(), COLUMNS, types=types, chunk_rows=1_000))
+        whole = read_frame(conn, _select(), COLUMNS, types=types, chunk_rows=1_000)
     assert [len(frame) for frame in frames] == [1_000, 1_000, 500]
-    whole = concat_frames(frames, COLUMNS)
     assert str(whole["amount"].dtype) == "float64" and whole["flag"].dtype == bool
     assert isinstance(whole["label"].dtype, pd.CategoricalDtype)  # one set of categories
+    assert sorted(whole["label"].cat.categories) == ["a", "b", "c"]
     assert whole["amount"].sum() == pytest.approx(sum(n / 4 for n in range(1, 2_501)))
     assert whole["customer_id"].is_unique and len(whole) == 2_500
+    pd.testing.assert_series_equal(pd.concat(frames, ignore_index=True)["amount"], whole["amount"])
 
 
 def test_the_reader_of_nothing_gives_an_empty_frame_with_the_columns(rows: str) -> None:
     with psycopg.connect(rows) as conn:
-        frames = copy_out(conn, _select("false"), COLUMNS, types={}, chunk_rows=100)
-        empty = concat_frames(frames, COLUMNS)
+        empty = read_frame(conn, _select("false"), COLUMNS, types={}, chunk_rows=100)
+        assert list(copy_out(conn, _select("false"), COLUMNS, types={}, chunk_rows=100)) == []
     assert empty.empty and list(empty.columns) == COLUMNS
 
 

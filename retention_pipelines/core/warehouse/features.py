@@ -26,8 +26,8 @@ from retention_pipelines.core.features import (
     NUMERIC_FEATURES,
 )
 from retention_pipelines.core.warehouse.streams import (
-    concat_frames,
     copy_out,
+    read_frame,
     scalar,
     stable_sample,
     table_name,
@@ -45,8 +45,12 @@ Typing = Literal["model", "table"]
 _F = "f"
 
 
-def column_types(columns: Sequence[str], typing: Typing) -> dict[str, pa.DataType]:
-    """Arrow types of ``columns`` of the table (and of a joined probability)."""
+def column_types(
+    columns: Sequence[str], typing: Typing, *, categories: bool = False
+) -> dict[str, pa.DataType]:
+    """Arrow types of ``columns`` of the table (and of a joined probability): ``table`` keeps
+    integers and makes categories dictionaries, ``model`` makes every number a float;
+    ``categories`` makes categories dictionaries in either."""
     types: dict[str, pa.DataType] = {}
     for column in columns:
         if column in NUMERIC_FEATURES or column == PROBABILITY:
@@ -54,7 +58,7 @@ def column_types(columns: Sequence[str], typing: Typing) -> dict[str, pa.DataTyp
             types[column] = pa.int64() if integer else pa.float64()
         elif column in (*BOOLEAN_FEATURES, LABEL_COLUMN):
             types[column] = pa.bool_()
-        elif column in CATEGORICAL_FEATURES and typing == "table":
+        elif column in CATEGORICAL_FEATURES and (typing == "table" or categories):
             types[column] = pa.dictionary(pa.int32(), pa.string())
         elif column == "snapshot_date":
             types[column] = pa.date32()
@@ -63,23 +67,13 @@ def column_types(columns: Sequence[str], typing: Typing) -> dict[str, pa.DataTyp
     return types
 
 
-def read_features(
-    conn: psycopg.Connection,
+def _select(
     where: sql.Composable,
-    *,
-    columns: Sequence[str] = ("customer_id", *FEATURE_COLUMNS),
-    typing: Typing = "model",
-    chunk_rows: int = READ_CHUNK_ROWS,
-    sample: tuple[int, int] | None = None,
-    with_scores: bool = False,
-) -> Iterator[pd.DataFrame]:
-    """Rows of the table that satisfy ``where`` (a predicate on its rows ``f``), ``columns``
-    of them, ``chunk_rows`` at a time.
-
-    ``sample`` = (rows, max_rows): past ``max_rows`` of the ``rows`` selected, about
-    ``max_rows`` are kept by a seeded hash of the customer id (the same customers every
-    run). ``with_scores`` adds the date's ``churn_probability`` (null where unscored).
-    """
+    columns: Sequence[str],
+    sample: tuple[int, int] | None,
+    with_scores: bool,
+) -> tuple[sql.Composable, list[str]]:
+    """The query :func:`read_features` and :func:`read_all` stream, and its column names."""
     selected = [sql.Identifier(_F, column) for column in columns]
     names = list(columns)
     joined = sql.SQL("")
@@ -104,9 +98,46 @@ def read_features(
         where=where,
         sampled=sampled,
     )
-    yield from copy_out(
-        conn, select, names, types=column_types(names, typing), chunk_rows=chunk_rows
-    )
+    return select, names
+
+
+def read_features(
+    conn: psycopg.Connection,
+    where: sql.Composable,
+    *,
+    columns: Sequence[str] = ("customer_id", *FEATURE_COLUMNS),
+    typing: Typing = "model",
+    chunk_rows: int = READ_CHUNK_ROWS,
+    sample: tuple[int, int] | None = None,
+    with_scores: bool = False,
+) -> Iterator[pd.DataFrame]:
+    """Rows of the table that satisfy ``where`` (a predicate on its rows ``f``), ``columns``
+    of them, ``chunk_rows`` at a time.
+
+    ``sample`` = (rows, max_rows): past ``max_rows`` of the ``rows`` selected, about
+    ``max_rows`` are kept by a seeded hash of the customer id (the same customers every
+    run). ``with_scores`` adds the date's ``churn_probability`` (null where unscored).
+    """
+    select, names = _select(where, columns, sample, with_scores)
+    types = column_types(names, typing)
+    yield from copy_out(conn, select, names, types=types, chunk_rows=chunk_rows)
+
+
+def read_all(
+    conn: psycopg.Connection,
+    where: sql.Composable,
+    *,
+    columns: Sequence[str] = ("customer_id", *FEATURE_COLUMNS),
+    typing: Typing = "model",
+    categories: bool = False,
+    sample: tuple[int, int] | None = None,
+    with_scores: bool = False,
+) -> pd.DataFrame:
+    """What :func:`read_features` reads, as one frame (for readers that need every row at
+    once: the quality suite, drift, training); ``categories`` as pandas categoricals."""
+    select, names = _select(where, columns, sample, with_scores)
+    types = column_types(names, typing, categories=categories)
+    return read_frame(conn, select, names, types=types, chunk_rows=READ_CHUNK_ROWS)
 
 
 def on_date(snapshot_date: date) -> sql.Composable:
@@ -137,14 +168,12 @@ def read_sample(
 ) -> tuple[pd.DataFrame, int]:
     """The rows ``where`` selects (sampled past ``max_rows``), as model input with the
     categories as pandas categoricals, and how many rows were selected before sampling."""
-    columns = ("customer_id", *FEATURE_COLUMNS)
     with psycopg.connect(url) as conn:
         rows = count_rows(conn, where)
-        frames = read_features(
-            conn, where, columns=columns, sample=(rows, max_rows), with_scores=with_scores
+        frame = read_all(
+            conn, where, categories=True, sample=(rows, max_rows), with_scores=with_scores
         )
-        frame = concat_frames(frames, [*columns, *([PROBABILITY] if with_scores else [])])
-    for column in CATEGORICAL_FEATURES:
+    for column in CATEGORICAL_FEATURES:  # none when no row was read
         frame[column] = frame[column].astype("category")
     for column in BOOLEAN_FEATURES:
         frame[column] = frame[column].astype("boolean")
@@ -171,9 +200,9 @@ def read_partition(url: str, snapshot_date: date) -> tuple[pd.DataFrame, int]:
                 or 0
             )
             if scalar(conn, "select to_regclass(%s)", (CUSTOMER_FEATURES,)) is None:
-                return concat_frames([], columns), raw_rows
-            frames = read_features(conn, on_date(snapshot_date), columns=columns, typing="table")
-            return concat_frames(frames, columns), raw_rows
+                return pd.DataFrame({column: [] for column in columns}), raw_rows
+            frame = read_all(conn, on_date(snapshot_date), columns=columns, typing="table")
+            return frame, raw_rows
 
 
 def labelled_dates(url: str, snapshots: int) -> list[date]:
@@ -204,5 +233,5 @@ def read_labelled(url: str, snapshots: int) -> tuple[pd.DataFrame, list[date]]:
         labelled=labelled_on(dates), table=table_name(CUSTOMER_FEATURES), days=sql.Literal(dates)
     )
     with psycopg.connect(url) as conn:
-        frame = concat_frames(read_features(conn, latest, columns=columns), columns)
+        frame = read_all(conn, latest, columns=columns)
     return frame.sort_values("customer_id", ignore_index=True), sorted(dates)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 
@@ -29,15 +29,15 @@ _SAMPLE_BUCKETS = 1_048_576
 SAMPLE_SEED = 20_240_101
 
 
-def copy_out(
+def copy_tables(
     conn: psycopg.Connection,
     select: sql.Composable,
     columns: Sequence[str],
     *,
     types: Mapping[str, pa.DataType],
     chunk_rows: int,
-) -> Iterator[pd.DataFrame]:
-    """The rows of ``select`` as frames of ``chunk_rows`` rows (the last one shorter).
+) -> Iterator[pa.Table]:
+    """The rows of ``select`` as Arrow tables of ``chunk_rows`` rows (the last one shorter).
 
     One COPY streams the rows out as CSV; the stream is cut at line ends into chunks that
     Arrow parses with ``types`` (columns not named are inferred). ``columns`` name the
@@ -64,9 +64,41 @@ def copy_out(
         yield _parse(bytes(pending), columns, types, lines)
 
 
+def copy_out(
+    conn: psycopg.Connection,
+    select: sql.Composable,
+    columns: Sequence[str],
+    *,
+    types: Mapping[str, pa.DataType],
+    chunk_rows: int,
+) -> Iterator[pd.DataFrame]:
+    """The rows of ``select`` as frames of ``chunk_rows`` rows (see :func:`copy_tables`)."""
+    for table in copy_tables(conn, select, columns, types=types, chunk_rows=chunk_rows):
+        yield table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def read_frame(
+    conn: psycopg.Connection,
+    select: sql.Composable,
+    columns: Sequence[str],
+    *,
+    types: Mapping[str, pa.DataType],
+    chunk_rows: int,
+) -> pd.DataFrame:
+    """All the rows of ``select`` as one frame, for a reader that needs them together: the
+    chunks are joined as Arrow tables (dictionaries unified, so a dictionary column becomes
+    one pandas categorical) and converted once. No row: an empty frame with ``columns``."""
+    tables = list(copy_tables(conn, select, columns, types=types, chunk_rows=chunk_rows))
+    if not tables:
+        return pd.DataFrame({column: pd.Series(dtype="object") for column in columns})
+    joined = pa.concat_tables(tables).unify_dictionaries()
+    tables.clear()
+    return joined.to_pandas(split_blocks=True, self_destruct=True)
+
+
 def _parse(
     data: bytes, columns: Sequence[str], types: Mapping[str, pa.DataType], rows: int
-) -> pd.DataFrame:
+) -> pa.Table:
     table = pa_csv.read_csv(
         io.BytesIO(data),
         read_options=pa_csv.ReadOptions(column_names=list(columns)),
@@ -80,25 +112,7 @@ def _parse(
     )
     if table.num_rows != rows:
         raise ValueError(f"a chunk of {rows} lines parsed to {table.num_rows} rows")
-    return table.to_pandas(split_blocks=True, self_destruct=True)
-
-
-def concat_frames(frames: Iterable[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
-    """The chunks of :func:`copy_out` as one frame (an empty one with ``columns`` when there
-    were none). Categorical columns keep the union of their chunks' categories."""
-    chunks = list(frames)
-    if not chunks:
-        return pd.DataFrame({column: pd.Series(dtype="object") for column in columns})
-    if len(chunks) == 1:
-        return chunks[0]
-    categorical = [
-        c for c in chunks[0].columns if isinstance(chunks[0][c].dtype, pd.CategoricalDtype)
-    ]
-    for column in categorical:
-        union = pd.api.types.union_categoricals([chunk[column] for chunk in chunks]).categories
-        for chunk in chunks:
-            chunk[column] = chunk[column].cat.set_categories(union)
-    return pd.concat(chunks, ignore_index=True)
+    return table
 
 
 def copy_in(
