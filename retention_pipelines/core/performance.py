@@ -33,6 +33,7 @@ from mlflow import MlflowClient
 
 from retention_pipelines.core import registry
 from retention_pipelines.core.warehouse import monitoring
+from retention_pipelines.core.warehouse.features import count_features
 from retention_pipelines.core.warehouse.monitoring import CALIBRATION_BINS, PERFORMANCE_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def record_performance(url: str, evaluated_on: date, *, horizon_days: int) -> Pe
     if horizon_days < 1:
         raise ValueError(f"the performance horizon must be at least one day, got {horizon_days}")
     first = evaluated_on - timedelta(days=horizon_days)
-    labelled = monitoring.labelled_customers(url, evaluated_on)
+    labelled = count_features(url, evaluated_on, labelled=True)
     groups = measure(url, evaluated_on, first) if labelled else ()
     monitoring.replace_performance(url, evaluated_on, performance_rows(groups))
     outcome = PerformanceOutcome(

@@ -157,10 +157,11 @@ def count_rows(conn: psycopg.Connection, where: sql.Composable) -> int:
     return int(scalar(conn, query) or 0)
 
 
-def count_features(url: str, snapshot_date: date) -> int:
-    """The customers of one date."""
+def count_features(url: str, snapshot_date: date, *, labelled: bool = False) -> int:
+    """The customers of one date (``labelled``: those whose churn label is known)."""
+    where = labelled_on([snapshot_date]) if labelled else on_date(snapshot_date)
     with psycopg.connect(url) as conn:
-        return count_rows(conn, on_date(snapshot_date))
+        return count_rows(conn, where)
 
 
 def read_sample(

@@ -204,16 +204,6 @@ REALISED_COLUMNS: Final[tuple[str, ...]] = (
 )
 
 
-def labelled_customers(url: str, evaluated_on: date) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            f"select count(*) from {CUSTOMER_FEATURES}"
-            " where snapshot_date = %s and churned is not null",
-            (evaluated_on,),
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def realised_groups(url: str, evaluated_on: date, first_score_date: date) -> pd.DataFrame:
     """Per (score date, model version) with scores from ``first_score_date`` up to the day
     before ``evaluated_on``, joined to that day's labels: the figures of
