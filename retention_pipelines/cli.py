@@ -25,7 +25,11 @@ from rich.progress import (
 from rich.table import Table
 
 from retention_pipelines.core import database
-from retention_pipelines.core.ingestion import check_landing_file, landing_file_name
+from retention_pipelines.core.ingestion import (
+    LandingFileError,
+    check_landing_file,
+    landing_file_name,
+)
 from retention_pipelines.settings import PROJECT_ROOT, get_settings
 
 if TYPE_CHECKING:
@@ -53,6 +57,8 @@ def main() -> None:
     """RetentionAI: churn scores, reasons and drift, orchestrated by Dagster."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow sets its own loggers' level when it is imported (later, on use): from here.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 DateOption = Annotated[
@@ -211,7 +217,11 @@ def ingest(
     """
     day = _parse_date(snapshot_date)
     settings = get_settings()
-    facts = check_landing_file(path, max_bytes=settings.max_file_bytes)
+    try:
+        facts = check_landing_file(path, max_bytes=settings.max_file_bytes)
+    except LandingFileError as error:
+        console.print(f"[red]not landed[/red]: {error}", soft_wrap=True)
+        raise typer.Exit(code=1) from error
     target = settings.resolved_landing_dir / landing_file_name(day)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
