@@ -1,22 +1,29 @@
 """Reading a landing file: file-level checks, then rows read as text, normalized, converted
 and validated chunk by chunk.
 
-Every data row read ends in exactly one place: a valid row or a reject with its reasons
-(duplicates are settled later, in the warehouse, across the whole file).
+A landing file is CSV with one record per physical line (no Telco value holds a line break),
+in the configured encoding and delimiter, plain or gzip-compressed. Every physical data line
+read ends in exactly one place: a valid row or a reject with its reasons (duplicates are
+settled later, in the warehouse, across the whole file); blank lines are skipped and counted.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import hashlib
+import io
 import json
 import re
+import stat
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import numpy as np
 import pandas as pd
@@ -24,7 +31,7 @@ import pandera.errors
 
 from retention_pipelines.core.schemas import (
     CATEGORIES,
-    MAX_TENURE_MONTHS,
+    NUMBER_BOUNDS,
     RAW_COLUMN_NAMES,
     TELCO_COLUMNS,
     TELCO_NAME_OF,
@@ -39,13 +46,53 @@ NULL_TOKENS: Final[frozenset[str]] = frozenset(
 # Accepted spellings of the two answers of a Yes/No column, lower-cased.
 YES_SPELLINGS: Final[frozenset[str]] = frozenset({"yes", "y", "true", "t"})
 NO_SPELLINGS: Final[frozenset[str]] = frozenset({"no", "n", "false", "f"})
-_READ_BLOCK_BYTES: Final = 1 << 20
+GZIP_MAGIC: Final = b"\x1f\x8b"
+# Python's csv module refuses fields longer than this; the field limit stays below it.
+CSV_FIELD_LIMIT: Final = csv.field_size_limit()
+# Delimiters a file is tried with when its header does not split into the Telco columns.
+OTHER_DELIMITERS: Final[tuple[str, ...]] = (";", "\t", "|", ",")
+# In messages: at most this many names of a header, each cut to this many characters.
+SHOWN_NAMES: Final = 10
+SHOWN_CHARS: Final = 64
+# In a reject's stored record: each field cut to this many characters.
+STORED_FIELD_CHARS: Final = 1024
 _WHITESPACE_RUN = re.compile(r"\s+")
+# Control characters other than tab: never part of a Telco value, and NUL cannot be stored.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINES_PER_SIZE_CHECK: Final = 10_000
 
 
 def landing_file_name(snapshot_date: date) -> str:
     """The name a day's landing file has: ``customers_YYYY-MM-DD.csv``."""
     return f"customers_{snapshot_date.isoformat()}.csv"
+
+
+def landing_file_names(snapshot_date: date) -> tuple[str, str]:
+    """The names a day's landing file may have: plain, then gzip-compressed."""
+    name = landing_file_name(snapshot_date)
+    return name, f"{name}.gz"
+
+
+@dataclass(frozen=True)
+class LandingFormat:
+    """How landing files are written: their encoding, delimiter and longest field."""
+
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    max_field_chars: int = 4096
+
+    def __post_init__(self) -> None:
+        codecs.lookup(self.encoding)  # an unknown encoding is a LookupError here
+        if len(self.delimiter) != 1 or self.delimiter in '"\r\n':
+            raise ValueError(
+                f"{self.delimiter!r} cannot be a delimiter: one character, not a quote"
+            )
+        if not 1 <= self.max_field_chars < CSV_FIELD_LIMIT:
+            raise ValueError(f"the field limit must be between 1 and {CSV_FIELD_LIMIT - 1:,}")
+
+    @property
+    def is_utf8(self) -> bool:
+        return codecs.lookup(self.encoding).name == "utf-8"
 
 
 class LandingFileError(ValueError):
@@ -65,16 +112,148 @@ class LandingFileFacts:
     size_bytes: int
     sha256: str
     has_bom: bool
+    data_lines: int = 0
+    blank_lines: int = 0
+    compressed: bool = False
+    fmt: LandingFormat = field(default_factory=LandingFormat)
 
 
-def check_landing_file(path: Path, *, max_bytes: int) -> LandingFileFacts:
+def shown(value: str, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as a message shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def shown_names(names: list[str]) -> str:
+    """At most ``SHOWN_NAMES`` names, each cut, and how many more there are."""
+    listed = ", ".join(shown(name) for name in names[:SHOWN_NAMES])
+    more = len(names) - SHOWN_NAMES
+    return f"[{listed}{f', and {more:,} more' if more > 0 else ''}]"
+
+
+def is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when it is gzip (whatever its name)."""
+    if is_gzip(path):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+@contextmanager
+def physical_lines(path: Path, fmt: LandingFormat) -> Iterator[Iterator[tuple[int, str]]]:
+    """Each line of the file with its number (the header is line 1), without its ending.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 byte-order mark is dropped.
+    """
+    with _open_binary(path) as raw:
+        yield _text_lines(raw, fmt)
+
+
+def _text_lines(raw: BinaryIO, fmt: LandingFormat) -> Iterator[tuple[int, str]]:
+    encoding = "utf-8-sig" if fmt.is_utf8 else fmt.encoding
+    text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+    try:
+        for number, line in enumerate(text, start=1):
+            yield number, line.rstrip("\r\n")
+    finally:
+        if not raw.closed:
+            text.detach()  # the caller closes ``raw``
+
+
+def canonical_header_name(name: str) -> str:
+    """Header names compare without case and whitespace: ``Customer Id`` is ``customerID``."""
+    return _WHITESPACE_RUN.sub("", name).lower()
+
+
+_TELCO_BY_CANONICAL: Final[dict[str, str]] = {
+    canonical_header_name(column): column for column in TELCO_COLUMNS
+}
+
+
+class LineSplitError(ValueError):
+    """A line that cannot be split into fields."""
+
+
+def split_line(line: str, delimiter: str, line_number: int) -> list[str]:
+    """The fields of one physical line; a quote must close on the line it opens."""
+    if '"' not in line:
+        return line.split(delimiter)
+    try:
+        return next(csv.reader([line], delimiter=delimiter, strict=True))
+    except csv.Error as error:
+        if "end of data" in str(error):
+            raise LineSplitError(f"unterminated quote starting at line {line_number}") from error
+        if "field limit" in str(error):
+            raise LineSplitError(
+                f"a field of line {line_number} is over {CSV_FIELD_LIMIT:,} characters"
+            ) from error
+        raise LineSplitError(f"malformed quoting on line {line_number}: {error}") from error
+
+
+def check_landing_file(
+    path: Path, *, max_bytes: int, fmt: LandingFormat | None = None
+) -> LandingFileFacts:
     """Refuse a file that cannot be ingested as a whole, before any row is written.
 
-    One streaming pass checks the size, strict UTF-8 (a BOM is accepted), the header and that
-    at least one data row follows it; it also fingerprints the file.
+    It checks the file's kind and size, decodes every line strictly (a UTF-8 BOM is
+    accepted; gzip is read through, its decompressed size bounded too), checks the header
+    and that a data line follows it; it fingerprints the file and counts its data lines.
     """
-    if not path.is_file():
-        raise LandingFileError(path, "missing file", "no landing file at this path")
+    fmt = fmt or LandingFormat()
+    _check_kind_and_size(path, max_bytes)
+    compressed = is_gzip(path)
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    with _open_binary(path) as raw:
+        has_bom = raw.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 and fmt.is_utf8
+    try:
+        data_lines, blank_lines = _count_lines(path, fmt, max_bytes=max_bytes)
+    except UnicodeDecodeError as error:
+        encoding = "UTF-8" if fmt.is_utf8 else fmt.encoding
+        raise LandingFileError(path, f"not valid {encoding}", _undecodable(path, fmt)) from error
+    except (OSError, EOFError, zlib.error) as error:
+        if not compressed:
+            raise
+        raise LandingFileError(
+            path, "broken gzip file", str(error) or type(error).__name__
+        ) from error
+    if data_lines == 0:
+        raise LandingFileError(path, "header only", "the file has a header and no data rows")
+    return LandingFileFacts(
+        path=path,
+        size_bytes=path.stat().st_size,
+        sha256=digest,
+        has_bom=has_bom,
+        data_lines=data_lines,
+        blank_lines=blank_lines,
+        compressed=compressed,
+        fmt=fmt,
+    )
+
+
+_FILE_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_kind_and_size(path: Path, max_bytes: int) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as error:
+        raise LandingFileError(path, "missing file", "no landing file at this path") from error
+    except PermissionError as error:
+        raise LandingFileError(path, "unreadable file", "permission denied") from error
+    for is_kind, kind in _FILE_KINDS:
+        if is_kind(mode):
+            raise LandingFileError(path, "not a regular file", f"the path is {kind}")
     size = path.stat().st_size
     if size == 0:
         raise LandingFileError(path, "empty file", "the file has no bytes")
@@ -82,58 +261,101 @@ def check_landing_file(path: Path, *, max_bytes: int) -> LandingFileFacts:
         raise LandingFileError(
             path, "file too large", f"{size:,} bytes is over the limit of {max_bytes:,} bytes"
         )
-    digest, has_bom, first_lines = _scan_utf8(path)
-    header = _parse_header(path, first_lines[0] if first_lines else "")
-    missing = [column for column in TELCO_COLUMNS if column not in header]
-    unexpected = [column for column in header if column not in TELCO_COLUMNS]
-    duplicated = sorted({column for column in header if header.count(column) > 1})
-    if missing or unexpected or duplicated:
+
+
+def _count_lines(path: Path, fmt: LandingFormat, *, max_bytes: int) -> tuple[int, int]:
+    """Check the header and count the data and blank lines after it."""
+    data_lines = blank_lines = 0
+    with _open_binary(path) as raw:
+        lines = _text_lines(raw, fmt)
+        first = next(lines, None)
+        check_header(path, first[1] if first else "", fmt)
+        for number, line in lines:
+            if line.strip():
+                data_lines += 1
+            else:
+                blank_lines += 1
+            if number % _LINES_PER_SIZE_CHECK == 0:
+                _check_decompressed_size(path, raw, max_bytes)
+        _check_decompressed_size(path, raw, max_bytes)
+    return data_lines, blank_lines
+
+
+def _check_decompressed_size(path: Path, raw: BinaryIO, max_bytes: int) -> None:
+    if isinstance(raw, gzip.GzipFile) and raw.tell() > max_bytes:
+        raise LandingFileError(
+            path, "file too large", f"decompressed, it is over the limit of {max_bytes:,} bytes"
+        )
+
+
+def check_header(path: Path, line: str, fmt: LandingFormat) -> list[str]:
+    """The header's Telco column names, in file order; a header that does not name each
+    Telco column once (in any case and spacing) refuses the file, saying why briefly."""
+    if not line.strip():
+        raise LandingFileError(path, "no header", "the first line is blank")
+    try:
+        names = split_line(line, fmt.delimiter, 1)
+    except LineSplitError as error:
+        raise LandingFileError(path, "unreadable header", str(error)) from error
+    canonical = [_TELCO_BY_CANONICAL.get(canonical_header_name(name)) for name in names]
+    missing = [column for column in TELCO_COLUMNS if column not in canonical]
+    if missing:
+        _refuse_other_delimiter(path, line, fmt)
+    unexpected = [name for name, found in zip(names, canonical, strict=True) if found is None]
+    repeated = sorted({c for c in canonical if c is not None and canonical.count(c) > 1})
+    if missing or unexpected or repeated:
         raise LandingFileError(
             path,
             "header does not match the Telco columns",
-            f"missing columns: {missing or 'none'}; unexpected columns: {unexpected or 'none'}"
-            + (f"; repeated columns: {duplicated}" if duplicated else ""),
+            f"missing columns: {shown_names(missing) if missing else 'none'}; "
+            f"unexpected columns: {shown_names(unexpected) if unexpected else 'none'}"
+            + (f"; repeated columns: {shown_names(repeated)}" if repeated else ""),
         )
-    if not any(line.strip() for line in first_lines[1:]):
-        raise LandingFileError(path, "header only", "the file has a header and no data rows")
-    return LandingFileFacts(path=path, size_bytes=size, sha256=digest, has_bom=has_bom)
+    return [name for name in canonical if name is not None]
 
 
-def _scan_utf8(path: Path) -> tuple[str, bool, list[str]]:
-    """Decode the whole file strictly, block by block; return its hash, BOM flag, first lines."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    digest = hashlib.sha256()
-    offset = 0
-    head = ""
-    has_bom = False
-    with path.open("rb") as handle:
-        while True:
-            block = handle.read(_READ_BLOCK_BYTES)
-            digest.update(block)
-            if offset == 0 and block.startswith(codecs.BOM_UTF8):
-                has_bom = True
-                block, offset = block[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+def _refuse_other_delimiter(path: Path, line: str, fmt: LandingFormat) -> None:
+    for delimiter in OTHER_DELIMITERS:
+        if delimiter == fmt.delimiter or delimiter not in line:
+            continue
+        try:
+            names = split_line(line, delimiter, 1)
+        except LineSplitError:
+            continue
+        found = {_TELCO_BY_CANONICAL.get(canonical_header_name(name)) for name in names}
+        if found >= set(TELCO_COLUMNS):
+            raise LandingFileError(
+                path,
+                "wrong delimiter",
+                f"the file seems to be separated by {delimiter!r}, not {fmt.delimiter!r}: "
+                f"land it with `retention ingest PATH --delimiter {delimiter!r}`",
+            )
+
+
+def _undecodable(path: Path, fmt: LandingFormat) -> str:
+    """Where the first undecodable byte is, and a likelier encoding when there is one."""
+    with _open_binary(path) as raw:
+        for number, line in enumerate(raw, start=1):
             try:
-                text = decoder.decode(block, final=not block)
+                line.decode(fmt.encoding)
             except UnicodeDecodeError as error:
-                raise LandingFileError(
-                    path,
-                    "not valid UTF-8",
-                    f"undecodable byte {block[error.start : error.start + 1]!r} "
-                    f"at byte offset {offset + error.start}",
-                ) from error
-            if len(head) < _READ_BLOCK_BYTES:
-                head += text
-            if not block:
-                break
-            offset += len(block)
-    return digest.hexdigest(), has_bom, head.splitlines()[:3]
+                byte = line[error.start : error.start + 1]
+                hint = ""
+                if fmt.is_utf8 and _looks_like_cp1252(line):
+                    hint = (
+                        "; the bytes look like Windows-1252 (cp1252): land the file with "
+                        "`retention ingest PATH --encoding cp1252`"
+                    )
+                return f"undecodable byte {byte!r} on line {number}, column {error.start + 1}{hint}"
+    return "the file ends in the middle of a character"
 
 
-def _parse_header(path: Path, line: str) -> list[str]:
-    if not line.strip():
-        raise LandingFileError(path, "no header", "the first line is blank")
-    return [name.strip() for name in next(csv.reader([line]))]
+def _looks_like_cp1252(line: bytes) -> bool:
+    try:
+        line.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -143,6 +365,7 @@ class ValidatedChunk:
     valid: pd.DataFrame
     rejects: pd.DataFrame  # row_number, customer_id, record (json text), reasons (list[str])
     rows_read: int
+    blank_lines: int = 0
 
 
 @dataclass
@@ -150,76 +373,139 @@ class _ChunkText:
     header: list[str]
     row_numbers: list[int] = field(default_factory=list)
     records: list[list[str]] = field(default_factory=list)
-    ragged_row_numbers: list[int] = field(default_factory=list)
-    ragged_records: list[list[str]] = field(default_factory=list)
+    faults: list[_Fault] = field(default_factory=list)
+    blank_lines: int = 0
 
     @property
     def rows_read(self) -> int:
-        return len(self.row_numbers) + len(self.ragged_row_numbers)
+        return len(self.row_numbers) + len(self.faults)
 
 
-def read_validated_chunks(path: Path, *, chunk_rows: int) -> Iterator[ValidatedChunk]:
+@dataclass(frozen=True)
+class _Fault:
+    """A line rejected before validation: it cannot be split, or its fields cannot be used."""
+
+    row_number: int
+    customer_id: str | None
+    record: str
+    reasons: list[str]
+
+
+def read_validated_chunks(
+    path: Path, *, chunk_rows: int, fmt: LandingFormat | None = None
+) -> Iterator[ValidatedChunk]:
     """Stream the file in chunks of at most ``chunk_rows`` rows, each validated.
 
-    Row numbers count data records from 1 (the header is row 0). Blank lines are not rows.
+    A row's number is its line number minus one: the header is row 0, the first line after
+    it row 1. Blank lines are counted, not read as rows.
     """
-    for chunk in _read_text_chunks(path, chunk_rows):
+    for chunk in _read_text_chunks(path, chunk_rows, fmt or LandingFormat()):
         yield validate_text_rows(chunk)
 
 
-def _numbered_records(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header, and each data record with its row number (blank lines are skipped)."""
-    handle = path.open(encoding="utf-8-sig", newline="")
-    reader = csv.reader(handle)
-    header = [name.strip() for name in next(reader)]
-
-    def records() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            row_number = 0
-            for record in reader:
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue
-                row_number += 1
-                yield row_number, record
-
-    return header, records()
+@dataclass(frozen=True)
+class _Line:
+    row_number: int
+    fields: list[str] | None  # None: a blank line
+    fault: list[str] | None = None  # why the line cannot be validated
+    text: str = ""
 
 
-def _read_text_chunks(path: Path, chunk_rows: int) -> Iterator[_ChunkText]:
-    header, records = _numbered_records(path)
-    width = len(header)
-    chunk = _ChunkText(header)
-    in_chunk = 0
-    for row_number, record in records:
-        if len(record) == width:
-            chunk.row_numbers.append(row_number)
-            chunk.records.append(record)
-        else:
-            chunk.ragged_row_numbers.append(row_number)
-            chunk.ragged_records.append(record)
-        in_chunk += 1
-        if in_chunk >= chunk_rows:
+@contextmanager
+def _numbered_lines(path: Path, fmt: LandingFormat) -> Iterator[tuple[list[str], Iterator[_Line]]]:
+    """The header's Telco names, and each line after it split, or with why it cannot be."""
+    with physical_lines(path, fmt) as lines:
+        first = next(lines, None)
+        header = check_header(path, first[1] if first else "", fmt)
+        yield header, (_split(number, line, header, fmt) for number, line in lines)
+
+
+def _split(number: int, line: str, header: list[str], fmt: LandingFormat) -> _Line:
+    row_number = number - 1
+    if not line.strip():
+        return _Line(row_number, None)
+    try:
+        fields = split_line(line, fmt.delimiter, number)
+    except LineSplitError as fault:
+        return _Line(row_number, [], [f"line: {fault}"], line)
+    if len(fields) != len(header):
+        reason = f"fields: the row has {len(fields)} fields; the header has {len(header)}"
+        return _Line(row_number, fields, [reason])
+    reasons = []
+    if len(line) > fmt.max_field_chars or _CONTROL.search(line):
+        reasons = _field_faults(fields, header, fmt.max_field_chars)
+    return _Line(row_number, fields, reasons or None)
+
+
+def _field_faults(fields: list[str], header: list[str], limit: int) -> list[str]:
+    reasons = []
+    for name, value in zip(header, fields, strict=True):
+        if len(value) > limit:
+            reasons.append(f"{name}: the value has {len(value):,} characters, over {limit:,}")
+        found = _CONTROL.search(value)
+        if found:
+            reasons.append(f"{name}: control character {found.group()!r} in the field")
+    return reasons
+
+
+def _read_text_chunks(path: Path, chunk_rows: int, fmt: LandingFormat) -> Iterator[_ChunkText]:
+    with _numbered_lines(path, fmt) as (header, lines):
+        chunk = _ChunkText(header)
+        for line in lines:
+            if line.fields is None:
+                chunk.blank_lines += 1
+                continue
+            if line.fault is None:
+                chunk.row_numbers.append(line.row_number)
+                chunk.records.append(line.fields)
+            else:
+                chunk.faults.append(_fault(line, header))
+            if chunk.rows_read >= chunk_rows:
+                yield chunk
+                chunk = _ChunkText(header)
+        if chunk.rows_read or chunk.blank_lines:
             yield chunk
-            chunk, in_chunk = _ChunkText(header), 0
-    if in_chunk:
-        yield chunk
 
 
-def read_raw_records(path: Path, row_numbers: set[int]) -> dict[int, str]:
+def _fault(line: _Line, header: list[str]) -> _Fault:
+    assert line.fields is not None and line.fault is not None  # noqa: S101
+    if not line.fields:
+        record: object = {"line": stored_text(line.text)}
+    elif len(line.fields) == len(header):
+        record = dict(zip(header, map(stored_text, line.fields), strict=True))
+    else:
+        record = {"fields": [stored_text(value) for value in line.fields]}
+    first = line.fields[0] if line.fields else line.text.split(",", 1)[0]
+    customer_id = normalize_value(stored_text(first, SHOWN_CHARS))
+    return _Fault(line.row_number, customer_id, json.dumps(record, ensure_ascii=False), line.fault)
+
+
+def stored_text(value: str, limit: int = STORED_FIELD_CHARS) -> str:
+    """Text safe to store and show: control characters written as ``\\xNN``, cut to
+    ``limit`` characters with the full length said."""
+    if _CONTROL.search(value):
+        value = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
+    if len(value) > limit:
+        return f"{value[:limit]}… ({len(value):,} characters)"
+    return value
+
+
+def read_raw_records(
+    path: Path, row_numbers: set[int], fmt: LandingFormat | None = None
+) -> dict[int, str]:
     """The given rows exactly as read, as JSON objects keyed by the header.
 
     A second pass over the file, made only when rows must be quarantined after validation
     (conflicting duplicates); it keeps the valid path free of per-row JSON.
     """
-    header, records = _numbered_records(path)
     found: dict[int, str] = {}
-    for row_number, record in records:
-        if row_number in row_numbers:
-            found[row_number] = json.dumps(
-                dict(zip(header, record, strict=False)), ensure_ascii=False
-            )
-            if len(found) == len(row_numbers):
-                break
+    with _numbered_lines(path, fmt or LandingFormat()) as (header, lines):
+        for line in lines:
+            if line.row_number in row_numbers and line.fields:
+                record = dict(zip(header, line.fields, strict=False))
+                found[line.row_number] = json.dumps(record, ensure_ascii=False)
+                if len(found) == len(row_numbers):
+                    break
     return found
 
 
@@ -233,9 +519,11 @@ def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
     rejected_rows = sorted(reasons)
     valid = typed.drop(index=rejected_rows)
     rejects = _reject_frame(text, reasons, rejected_rows)
-    if chunk.ragged_row_numbers:
-        rejects = pd.concat([rejects, _ragged_rejects(chunk)], ignore_index=True)
-    return ValidatedChunk(valid=valid, rejects=rejects, rows_read=chunk.rows_read)
+    if chunk.faults:
+        rejects = pd.concat([rejects, _fault_rejects(chunk.faults)], ignore_index=True)
+    return ValidatedChunk(
+        valid=valid, rejects=rejects, rows_read=chunk.rows_read, blank_lines=chunk.blank_lines
+    )
 
 
 def _as_json_lines(records: pd.DataFrame) -> list[str]:
@@ -324,19 +612,48 @@ def convert_text_rows(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[
 def _to_number(
     values: pd.Series, column: str, kind: str, reasons: dict[int, list[str]]
 ) -> pd.Series:
+    """Numbers of a text column; a value that is not a finite number, not whole where an
+    integer is due, or outside the column's range becomes missing with its reason."""
+    name = TELCO_NAME_OF[column]
     numbers = pd.to_numeric(values, errors="coerce")
     not_a_number = values.notna() & numbers.isna()
+    for row_number, value in values[not_a_number].items():
+        article = "an" if kind == "integer" else "a"
+        reasons.setdefault(int(row_number), []).append(
+            f"{name}: {shown(value)} is not {article} {kind}"
+        )
+    not_finite = numbers.notna() & ~np.isfinite(numbers.fillna(0))
+    for row_number, value in values[not_finite].items():
+        reasons.setdefault(int(row_number), []).append(
+            f"{name}: {shown(value)} is not a finite number"
+        )
+    low, high = NUMBER_BOUNDS[column]
+    outside = numbers.notna() & ~not_finite & ((numbers < low) | (numbers > high))
+    for row_number, value in numbers[outside].items():
+        reasons.setdefault(int(row_number), []).append(
+            f"{name}: {number_text(value)} is outside the allowed range {bounds_text(column)}"
+        )
+    numbers = numbers.mask(not_finite | outside)
     if kind == "integer":
         fractional = numbers.notna() & (numbers != np.floor(numbers.fillna(0)))
-        not_a_number |= fractional
-        numbers = numbers.mask(fractional)
-    for row_number, value in values[not_a_number].items():
-        reasons.setdefault(int(row_number), []).append(
-            f"{TELCO_NAME_OF[column]}: {value!r} is not {'an' if kind == 'integer' else 'a'} {kind}"
-        )
-    if kind == "integer":
-        return numbers.round().astype("Int64")
+        for row_number, value in values[fractional].items():
+            reasons.setdefault(int(row_number), []).append(
+                f"{name}: {shown(value)} is not an integer"
+            )
+        return numbers.mask(fractional).round().astype("Int64")
     return numbers.astype(float)
+
+
+def number_text(value: float) -> str:
+    """A number as a person writes it: whole numbers without a fraction, huge ones short."""
+    if abs(value) >= 1e15:
+        return f"{value:.6g}"
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def bounds_text(column: str) -> str:
+    low, high = NUMBER_BOUNDS[column]
+    return f"{number_text(low)}..{number_text(high)}"
 
 
 def _apply_total_charges_rule(
@@ -390,8 +707,7 @@ def describe_failure(column: str, check: str, value: object) -> str | None:
     if check.startswith("str_matches("):
         return f"{name}: {value!r} is not a customer id like 1234-ABCDE"
     if check.startswith(("greater_than_or_equal_to", "less_than_or_equal_to")):
-        bounds = f"0..{MAX_TENURE_MONTHS}" if column == "tenure" else ">= 0"
-        return f"{name}: {value} is outside the allowed range {bounds}"
+        return f"{name}: {value} is outside the allowed range {bounds_text(column)}"
     return f"{name}: {value!r} fails {check}"
 
 
@@ -409,21 +725,12 @@ def _reject_frame(
     )
 
 
-def _ragged_rejects(chunk: _ChunkText) -> pd.DataFrame:
-    width = len(chunk.header)
+def _fault_rejects(faults: list[_Fault]) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "row_number": chunk.ragged_row_numbers,
-            "customer_id": [
-                record[0].strip() or None if record else None for record in chunk.ragged_records
-            ],
-            "record": [
-                json.dumps({"fields": record}, ensure_ascii=False)
-                for record in chunk.ragged_records
-            ],
-            "reasons": [
-                [f"fields: the row has {len(record)} fields; the header has {width}"]
-                for record in chunk.ragged_records
-            ],
+            "row_number": [fault.row_number for fault in faults],
+            "customer_id": [fault.customer_id for fault in faults],
+            "record": [fault.record for fault in faults],
+            "reasons": [fault.reasons for fault in faults],
         }
     )

@@ -80,6 +80,19 @@ CATEGORIES: Final[dict[str, tuple[str, ...]]] = {
 
 CUSTOMER_ID_PATTERN: Final = r"^\d{4}-[A-Z]{5}$"
 MAX_TENURE_MONTHS: Final = 120
+# Inclusive ranges of the numeric columns; the charges' upper bounds are the largest values
+# their warehouse columns (numeric(10,2), numeric(12,2)) hold.
+NUMBER_BOUNDS: Final[dict[str, tuple[float, float]]] = {
+    "senior_citizen": (0, 1),
+    "tenure": (0, MAX_TENURE_MONTHS),
+    "monthly_charges": (0, 99_999_999.99),
+    "total_charges": (0, 9_999_999_999.99),
+}
+
+
+def _bounded(column: str) -> pa.Field:  # type: ignore[valid-type]
+    low, high = NUMBER_BOUNDS[column]
+    return pa.Field(ge=low, le=high)
 
 
 def _category(column: str, *, nullable: bool = False) -> pa.Field:  # type: ignore[valid-type]
@@ -94,7 +107,7 @@ class CustomerSnapshotSchema(pa.DataFrameModel):
     senior_citizen: Series[pd.Int64Dtype] = pa.Field(isin=[0, 1])
     partner: Series[pd.StringDtype] = _category("partner")
     dependents: Series[pd.StringDtype] = _category("dependents")
-    tenure: Series[pd.Int64Dtype] = pa.Field(ge=0, le=MAX_TENURE_MONTHS)
+    tenure: Series[pd.Int64Dtype] = _bounded("tenure")
     phone_service: Series[pd.StringDtype] = _category("phone_service")
     multiple_lines: Series[pd.StringDtype] = _category("multiple_lines")
     internet_service: Series[pd.StringDtype] = _category("internet_service")
@@ -107,8 +120,8 @@ class CustomerSnapshotSchema(pa.DataFrameModel):
     contract: Series[pd.StringDtype] = _category("contract")
     paperless_billing: Series[pd.StringDtype] = _category("paperless_billing")
     payment_method: Series[pd.StringDtype] = _category("payment_method")
-    monthly_charges: Series[float] = pa.Field(ge=0)
-    total_charges: Series[float] = pa.Field(ge=0)
+    monthly_charges: Series[float] = _bounded("monthly_charges")
+    total_charges: Series[float] = _bounded("total_charges")
     churn: Series[pd.StringDtype] = _category("churn", nullable=True)
 
     class Config:
