@@ -41,8 +41,10 @@ demo: install ## Start the embedded Postgres, build today's partition, serve the
 dev: install ## Serve the Dagster UI (webserver and daemon) on the local instance
 	eval "$$($(RUN) retention env --dotenv .env)" && $(RUN) dagster dev -w workspace.yaml -p $(PORT)
 
+# The store's URI reaches MLflow through the environment: its password stays off the process list.
 mlflow: install ## MLflow UI on :5000 over the platform's registry (backend store in Postgres)
-	$(RUN) mlflow ui --port 5000 --backend-store-uri "$$($(RUN) retention model tracking-uri)"
+	store="$$($(RUN) retention model tracking-uri --show-password)" && \
+	MLFLOW_BACKEND_STORE_URI="$$store" $(RUN) mlflow ui --port 5000
 
 test: install ## Run the whole test suite against real Postgres and real dbt (PYTEST_ARGS=… narrows it)
 	$(RUN) pytest $(PYTEST_ARGS)

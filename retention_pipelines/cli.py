@@ -236,18 +236,83 @@ def db_upgrade() -> None:
     applied = database.upgrade(url)
     for migration in applied:
         console.print(f"applied {migration.version:04d}_{migration.name}")
-    database.ensure_reader_role(
-        url, settings.reader_role, settings.reader_password.get_secret_value()
-    )
+    reader = database.reader_role_of(settings)
+    database.ensure_reader_role(url, reader)
     console.print(f"database at migration {database.current_version(url)}")
-    console.print(f"read-only role {settings.reader_role}: reads the analytics schema only")
+    shared = f"; shared login {reader.login}" if reader.login else ""
+    console.print(
+        f"read-only role {reader.group}: reads the analytics schema only; its logins "
+        f"{_reader_limits(reader)}{shared}",
+        soft_wrap=True,
+    )
+
+
+def _reader_limits(reader: database.ReaderRole) -> str:
+    return (
+        f"start read-only, with at most {reader.connection_limit} connections and a "
+        f"{reader.statement_timeout} statement timeout"
+    )
+
+
+PasswordStdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+]
+GeneratePasswordOption = Annotated[
+    bool,
+    typer.Option("--generate-password", help="Generate a password and print it (once)."),
+]
+
+
+@db_app.command("reader-login")
+def db_reader_login(
+    name: Annotated[str, typer.Argument(help="The login, a lowercase Postgres identifier.")],
+    password_stdin: PasswordStdinOption = False,
+    generate_password: GeneratePasswordOption = False,
+) -> None:
+    """Create a business user's own login NAME, a member of the read-only role (or set the
+    password of an existing one). The password is asked for unless given another way."""
+    import secrets  # noqa: PLC0415
+
+    if password_stdin and generate_password:
+        raise typer.BadParameter("give --password-stdin or --generate-password, not both")
+    if generate_password:
+        password = secrets.token_urlsafe(18)
+    elif password_stdin:
+        password = typer.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"password of {name}", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise typer.BadParameter("the password is empty")
+    settings = get_settings()
+    url = database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
+    reader = database.reader_role_of(settings)
+    try:
+        database.upgrade(url)
+        database.ensure_reader_role(url, reader)
+        database.ensure_reader_login(url, reader, name, password)
+    except (ValueError, RuntimeError) as error:
+        console.print(f"[red]no login created[/red]: {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
+    console.print(
+        f"login {name}: member of {reader.group}, reads the analytics schema only; its "
+        f"sessions {_reader_limits(reader)}",
+        soft_wrap=True,
+    )
+    if generate_password:
+        console.print(f"password (shown once): {password}", soft_wrap=True, highlight=False)
+
+
+ShowPasswordOption = Annotated[
+    bool, typer.Option("--show-password", help="Print the password too (default: ***).")
+]
 
 
 @db_app.command("url")
-def db_url() -> None:
-    """Print the warehouse URL (starting the embedded server if needed)."""
+def db_url(show_password: ShowPasswordOption = False) -> None:
+    """Print the warehouse URL (starting the embedded server if needed), its password masked."""
     settings = get_settings()
-    print(database.resolve_database_url(settings.database_url, settings.embedded_pgdata))
+    url = database.resolve_database_url(settings.database_url, settings.embedded_pgdata)
+    print(url if show_password else database.masked_url(url))
 
 
 @db_app.command("stop")
@@ -275,9 +340,11 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded with 
 
 
 @model_app.command("tracking-uri")
-def model_tracking_uri() -> None:
-    """Print MLflow's backend-store URI (the mlflow database on the platform's Postgres)."""
-    print(_tracking_uri())
+def model_tracking_uri(show_password: ShowPasswordOption = False) -> None:
+    """Print MLflow's backend-store URI (the mlflow database on the platform's Postgres), its
+    password masked unless asked for (`make mlflow` asks)."""
+    uri = _tracking_uri()
+    print(uri if show_password else database.masked_url(uri))
 
 
 @model_app.command("promote")
@@ -356,7 +423,8 @@ def write_dotenv(path: Path, name: str, value: str, *, replace: bool = True) -> 
     kept = [line for line in lines if not line.strip().startswith(f"{name}=")]
     if len(kept) < len(lines) and not replace:
         return
-    path.write_text("\n".join([*kept, f"{name}={value}"]) + "\n", encoding="utf-8")
+    # Dagster reads credentials from this file too: it is kept readable by its owner only.
+    database.write_private_file(path, "\n".join([*kept, f"{name}={value}"]) + "\n")
 
 
 VerboseOption = Annotated[
@@ -554,7 +622,7 @@ def _print_report(report: DemoReport) -> None:
         table.add_row(label, value)
     console.print(table)
     console.print(
-        f"Warehouse: {report.database_url}\n"
+        f"Warehouse: {database.masked_url(report.database_url)}\n"
         "Look at: raw.customer_snapshots, raw.customer_rejects, features.customer_features\n"
         "Next: `retention train` (a first champion), then `retention score` (today's scores)"
     )

@@ -78,9 +78,13 @@ def local_instance_config(settings: RetentionSettings) -> dict[str, object]:
 
 
 def write_local_instance(settings: RetentionSettings) -> Path:
-    """Write ``DAGSTER_HOME``'s ``dagster.yaml`` (no database is touched); return the folder."""
+    """Write ``DAGSTER_HOME``'s ``dagster.yaml`` (no database is touched); return the folder.
+
+    The file names the server's URL by its variable only; it is still written readable by
+    its owner alone, as an instance config may come to hold credentials.
+    """
     home = settings.dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_dump(local_instance_config(settings), sort_keys=False)
-    (home / "dagster.yaml").write_text(config, encoding="utf-8")
+    database.write_private_file(home / "dagster.yaml", config)
     return home

@@ -69,15 +69,15 @@ class _SettingsResource(dg.ConfigurableResource):
 
 
 def prepared_database_url(
-    database_url: str | None, *, home_dir: Path, reader_role: str, reader_password: str
+    database_url: str | None, *, home_dir: Path, reader: database.ReaderRole
 ) -> str:
     """The warehouse URL (``database_url``, or the embedded server under ``home_dir``),
-    migrated and with its reader role ready, once per process."""
+    migrated and with its reader role ready (its settings re-asserted), once per process."""
     url = database.resolve_database_url(database_url, home_dir / "pgdata")
     with _upgrade_lock:
         if url not in _upgraded:
             database.upgrade(url)
-            database.ensure_reader_role(url, reader_role, reader_password)
+            database.ensure_reader_role(url, reader)
             _upgraded.add(url)
     return url
 
@@ -87,8 +87,7 @@ def settings_database_url(settings: RetentionSettings) -> str:
     return prepared_database_url(
         settings.database_url,
         home_dir=settings.home_dir,
-        reader_role=settings.reader_role,
-        reader_password=settings.reader_password.get_secret_value(),
+        reader=database.reader_role_of(settings),
     )
 
 
@@ -102,14 +101,23 @@ class WarehouseResource(dg.ConfigurableResource):
         default=str(_default("home_dir")), description="Where the embedded server keeps its data."
     )
     reader_role: str = Field(default=_default("reader_role"))
+    reader_login: str = Field(default=_default("reader_login"))
     reader_password: str = Field(default=_default("reader_password").get_secret_value())
+    reader_connection_limit: int = Field(default=_default("reader_connection_limit"))
+    reader_statement_timeout: str = Field(default=_default("reader_statement_timeout"))
+
+    def reader(self) -> database.ReaderRole:
+        return database.ReaderRole(
+            group=self.reader_role,
+            connection_limit=self.reader_connection_limit,
+            statement_timeout=self.reader_statement_timeout,
+            login=self.reader_login or None,
+            password=self.reader_password,
+        )
 
     def url(self) -> str:
         return prepared_database_url(
-            self.database_url,
-            home_dir=Path(self.home_dir),
-            reader_role=self.reader_role,
-            reader_password=self.reader_password,
+            self.database_url, home_dir=Path(self.home_dir), reader=self.reader()
         )
 
     @contextmanager
@@ -274,6 +282,9 @@ def resources_from_settings(settings: RetentionSettings, dbt: DbtProject) -> dic
         database_url=dg.EnvVar("RETENTION_DATABASE_URL") if settings.database_url else None,
         home_dir=str(settings.home_dir),
         reader_role=settings.reader_role,
+        reader_login=settings.reader_login,
+        reader_connection_limit=settings.reader_connection_limit,
+        reader_statement_timeout=settings.reader_statement_timeout,
         reader_password=(
             dg.EnvVar("RETENTION_READER_PASSWORD")
             if os.environ.get("RETENTION_READER_PASSWORD")

@@ -115,10 +115,29 @@ class RetentionSettings(BaseSettings):
     reader_role: str = Field(
         default="retention_reader",
         pattern=r"^[a-z_][a-z0-9_]*$",
-        description="Read-only Postgres role of business users: reads analytics, nothing else.",
+        description=(
+            "Read-only group role of business users (cannot log in): reads analytics, nothing "
+            "else. Each person logs in as a member of it (`retention db reader-login NAME`)."
+        ),
+    )
+    reader_login: str = Field(
+        default="retention_reader_login",
+        pattern=r"^([a-z_][a-z0-9_]*)?$",
+        description=(
+            "A login of the reader group kept by every upgrade with reader_password, for the "
+            "platform's own read-only clients (empty: none)."
+        ),
     )
     reader_password: SecretStr = Field(
-        default=SecretStr("retention_reader"), description="Password of the reader role."
+        default=SecretStr("retention_reader"), description="Password of reader_login."
+    )
+    reader_connection_limit: int = Field(
+        default=10, gt=0, description="Connections each reader login may hold at once."
+    )
+    reader_statement_timeout: str = Field(
+        default="60s",
+        pattern=r"^[0-9]+(us|ms|s|min|h|d)?$",
+        description="Statement timeout of reader logins' sessions (Postgres units, e.g. 60s).",
     )
 
     reports_dir: Path | None = Field(

@@ -11,6 +11,7 @@ processes starting at once still get one server.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import warnings
@@ -19,10 +20,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from retention_pipelines.settings import RetentionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +151,35 @@ def connection_parts(url: str) -> ConnectionParts:
     )
 
 
+def masked_url(url: str) -> str:
+    """``url`` fit to print or log: its password (in the authority or a ``password=`` query
+    parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        credentials, _, address = netloc.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}:***@{address}"
+    query = "&".join(
+        "password=***" if pair.partition("=")[0] == "password" else pair
+        for pair in parts.query.split("&")
+        if pair
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a file that holds or may come to hold credentials, readable by its owner only.
+
+    The mode is set before the first byte is written, and an existing file with a wider mode
+    is narrowed, so the text is never readable by others, even for a moment.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
 def sqlalchemy_url(url: str) -> str:
     """The URL for SQLAlchemy-based clients (dagster-postgres, MLflow, Optuna): psycopg2."""
     parts = urlsplit(url)
@@ -229,7 +263,7 @@ def current_version(url: str) -> int:
         return int(row[0]) if row else 0
 
 
-# Serialises reader-role setup. Taken in the server's `postgres` database for the role itself
+# Serialises reader-role setup. Taken in the server's `postgres` database for the roles
 # (roles are cluster-wide, advisory locks are per database) and in the warehouse for its grants.
 READER_ROLE_LOCK_KEY = 0x52454144
 # The schemas the reader must never see, whatever was granted before.
@@ -238,60 +272,201 @@ PRIVATE_SCHEMAS = ("raw", "staging", "features", "ml", "monitoring")
 _PLAIN_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _READER_GRANTS = (
     "grant connect on database {database} to {role}",
+    # Temporary tables are the platform's own (ingestion stages its COPY in them), not every
+    # role's: the reader, and any other role, may not create them here.
+    "revoke temporary on database {database} from public",
+    "revoke temporary, create on database {database} from {role}",
+    "grant temporary on database {database} to current_user",
     "grant usage on schema analytics to {role}",
     "grant select on all tables in schema analytics to {role}",
     # For objects the current user (the one dbt connects as) creates later: new dbt views.
     "alter default privileges in schema analytics grant select on tables to {role}",
 )
+# Attributes that are more than reading (of the pg_roles row named by {0}); no reader has any.
+_POWERS = (
+    "({0}.rolsuper or {0}.rolcreaterole or {0}.rolcreatedb or {0}.rolreplication"
+    " or {0}.rolbypassrls)"
+)
+# Postgres 16 separates using a role's privileges (INHERIT) from becoming it (SET).
+_GRANT_OPTIONS_SINCE = 160000
 
 
-def ensure_reader_role(url: str, role: str, password: str) -> None:
-    """Let ``role`` log in with ``password`` and read the ``analytics`` schema, and nothing else.
+@dataclass(frozen=True)
+class ReaderRole:
+    """Business users' read-only access to the ``analytics`` views.
 
-    Business users connect as this role. Its sessions are read-only by default
-    (``default_transaction_read_only``) and it holds SELECT on the analytics views only: the
-    privileges, not the setting, stop a user who turns read-only off. Views dbt creates later
-    are readable too, through default privileges of the user running this (the one dbt
+    ``group`` is a role that cannot log in and holds the grants (dbt grants its views to
+    it). People log in as members of it, each business user with a login of their own
+    (``retention db reader-login``), so a password or a setting one of them changes is
+    theirs alone and a shared password cannot be changed under everybody. ``login``, when
+    set, is one such member kept with ``password`` on every upgrade, for the platform's own
+    read-only clients. Every member login gets ``connection_limit`` connections at most, a
+    ``statement_timeout`` and sessions that start read-only.
+    """
+
+    group: str
+    connection_limit: int
+    statement_timeout: str
+    login: str | None = None
+    password: str = field(default="", repr=False)
+
+
+def reader_role_of(settings: RetentionSettings) -> ReaderRole:
+    """The reader role as the settings describe it."""
+    return ReaderRole(
+        group=settings.reader_role,
+        connection_limit=settings.reader_connection_limit,
+        statement_timeout=settings.reader_statement_timeout,
+        login=settings.reader_login or None,
+        password=settings.reader_password.get_secret_value(),
+    )
+
+
+def ensure_reader_role(url: str, reader: ReaderRole) -> None:
+    """Make ``reader.group`` the read-only group, put its logins' settings back to what
+    ``reader`` says, and let the group read the ``analytics`` schema and nothing else.
+
+    Run on every upgrade, so a changed setting reaches every login, and a group or login
+    altered by hand is put back. Role settings take effect where a role logs in, so the
+    read-only default and the statement timeout live on each login and the group has none.
+    Privileges, not these defaults, keep a reader from writing: a user may lift them in their
+    own session, or change their own login's defaults, and nobody else's. Views dbt creates
+    later are readable too, through default privileges of the user running this (the one dbt
     connects as). Idempotent and safe with concurrent callers, on one database or on several
     databases of the same server (roles are shared by all of them).
     """
-    if not _PLAIN_ROLE_NAME.match(role):
-        raise ValueError(
-            f"reader role {role!r} must be a lowercase Postgres identifier "
-            "(letters, digits, underscores): dbt grants it unquoted"
-        )
-    _ensure_login_role(url, role, password)
-    _grant_analytics_only(url, role)
-
-
-def _ensure_login_role(url: str, role: str, password: str) -> None:
-    """Create the role if missing, set its password and make its sessions read-only."""
-    name = sql.Identifier(role)
+    _check_role_name(reader.group, "reader role")
+    if reader.login:
+        _check_role_name(reader.login, "reader login")
     with psycopg.connect(with_database(url, "postgres")) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
-        found = conn.execute(
-            "select rolsuper or rolcreaterole or rolcreatedb or rolreplication or rolbypassrls,"
-            " exists (select 1 from pg_auth_members where member = pg_roles.oid)"
-            " from pg_roles where rolname = %s",
-            (role,),
+        _ensure_group(conn, reader.group)
+        if reader.login:
+            _ensure_login(conn, reader, reader.login, reader.password)
+        for member in _reader_logins(conn, reader.group):
+            _assert_login_settings(conn, reader, member)
+    _grant_analytics_only(url, reader.group)
+
+
+def ensure_reader_login(url: str, reader: ReaderRole, name: str, password: str) -> None:
+    """Create the login ``name`` as a member of the reader group, or set its password.
+
+    It reads what the group reads, with the connection limit, statement timeout and
+    read-only sessions of every reader login. The group must exist (every upgrade makes it).
+    """
+    _check_role_name(name, "reader login")
+    if name == reader.group:
+        raise ValueError(f"{name!r} is the reader group itself: a login needs a name of its own")
+    with psycopg.connect(with_database(url, "postgres")) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
+        group = conn.execute(
+            "select 1 from pg_roles where rolname = %s and not rolcanlogin", (reader.group,)
         ).fetchone()
-        if found is None:
-            conn.execute(sql.SQL("create role {} nosuperuser nocreatedb nocreaterole").format(name))
-        elif any(found):
+        if group is None:
             raise RuntimeError(
-                f"the role {role!r} exists with attributes or role memberships a read-only "
-                "reader must not have: choose another RETENTION_READER_ROLE"
+                f"the reader group {reader.group!r} does not exist yet: run `retention db upgrade`"
             )
-        # Hashed here (SCRAM, as the server asks), so no clear-text password reaches its logs.
-        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode()).decode()
-        conn.execute(
-            sql.SQL("alter role {} with login password {}").format(name, sql.Literal(verifier))
+        _ensure_login(conn, reader, name, password)
+
+
+def _check_role_name(role: str, what: str) -> None:
+    if not _PLAIN_ROLE_NAME.match(role):
+        raise ValueError(
+            f"{what} {role!r} must be a lowercase Postgres identifier "
+            "(letters, digits, underscores): dbt grants it unquoted"
         )
-        conn.execute(sql.SQL("alter role {} set default_transaction_read_only = on").format(name))
+
+
+def _ensure_group(conn: psycopg.Connection, group: str) -> None:
+    """Create the group, or turn an existing role (a login of earlier versions) into it."""
+    name = sql.Identifier(group)
+    found = conn.execute(
+        f"select {_POWERS.format('pg_roles')},"
+        " exists (select 1 from pg_auth_members where member = pg_roles.oid)"
+        " from pg_roles where rolname = %s",
+        (group,),
+    ).fetchone()
+    if found is None:
+        conn.execute(sql.SQL("create role {} nologin").format(name))
+    elif any(found):
+        raise RuntimeError(
+            f"the role {group!r} exists with attributes or role memberships a read-only "
+            "reader must not have: choose another RETENTION_READER_ROLE"
+        )
+    conn.execute(sql.SQL("alter role {} nologin password null").format(name))
+    conn.execute(sql.SQL("alter role {} reset all").format(name))
+
+
+def _ensure_login(conn: psycopg.Connection, reader: ReaderRole, login: str, password: str) -> None:
+    """Create the login if missing, set its password, make it a member of the group only."""
+    name = sql.Identifier(login)
+    found = conn.execute(
+        f"select {_POWERS.format('pg_roles')}, exists (select 1 from pg_auth_members"
+        "  join pg_roles granted on granted.oid = roleid"
+        "  where member = pg_roles.oid and granted.rolname <> %s)"
+        " from pg_roles where rolname = %s",
+        (reader.group, login),
+    ).fetchone()
+    if found is None:
+        conn.execute(sql.SQL("create role {} login").format(name))
+    elif any(found):
+        raise RuntimeError(
+            f"the role {login!r} exists with attributes or role memberships a read-only "
+            "reader must not have: choose another name"
+        )
+    # Hashed here (SCRAM, as the server asks), so no clear-text password reaches its logs.
+    verifier = conn.pgconn.encrypt_password(password.encode(), login.encode()).decode()
+    conn.execute(
+        sql.SQL("alter role {} with login inherit password {}").format(name, sql.Literal(verifier))
+    )
+    grant = sql.SQL("grant {} to {}").format(sql.Identifier(reader.group), name)
+    if conn.info.server_version >= _GRANT_OPTIONS_SINCE:
+        # Members use the group's privileges but cannot become it (and so cannot alter it).
+        grant = sql.SQL("{} with inherit true, set false").format(grant)
+    conn.execute(grant)
+    _assert_login_settings(conn, reader, login)
+
+
+def _reader_logins(conn: psycopg.Connection, group: str) -> list[str]:
+    """The group's member logins that hold nothing else; a member with more is left alone."""
+    members = conn.execute(
+        f"select distinct member.rolname, member.rolcanlogin and not {_POWERS.format('member')}"
+        "  and not exists (select 1 from pg_auth_members other"
+        "   where other.member = member.oid and other.roleid <> grants.roleid)"
+        " from pg_auth_members grants"
+        " join pg_roles member on member.oid = grants.member"
+        " join pg_roles granted on granted.oid = grants.roleid"
+        " where granted.rolname = %s order by 1",
+        (group,),
+    ).fetchall()
+    for name, plain in members:
+        if not plain:
+            logger.warning(
+                "role %s is a member of the reader group %s but holds more than reading: "
+                "its settings are left as they are",
+                name,
+                group,
+            )
+    return [name for name, plain in members if plain]
+
+
+def _assert_login_settings(conn: psycopg.Connection, reader: ReaderRole, login: str) -> None:
+    name = sql.Identifier(login)
+    for statement in (
+        sql.SQL("alter role {} connection limit {}").format(
+            name, sql.Literal(reader.connection_limit)
+        ),
+        sql.SQL("alter role {} set default_transaction_read_only = on").format(name),
+        sql.SQL("alter role {} set statement_timeout = {}").format(
+            name, sql.Literal(reader.statement_timeout)
+        ),
+    ):
+        conn.execute(statement)
 
 
 def _grant_analytics_only(url: str, role: str) -> None:
-    """SELECT on analytics (now and later), CONNECT on this database; nothing on the rest."""
+    """SELECT on analytics (now and later), CONNECT on this database; nothing on the rest,
+    and no temporary tables here for anyone but the platform's own user."""
     name = sql.Identifier(role)
     with psycopg.connect(url) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))

@@ -164,14 +164,15 @@ def test_the_band_summary_counts_each_days_customers(
 
 
 def _reader(url: str) -> psycopg.Connection:
-    """The same database, as the reader role (the host may be a socket directory: embedded)."""
+    """The same database, as the reader group's shared login (the host may be a socket
+    directory: embedded)."""
     settings = get_settings()
     parts = database.connection_parts(url)
     return psycopg.connect(
         host=parts.host,
         port=parts.port,
         dbname=parts.dbname,
-        user=settings.reader_role,
+        user=settings.reader_login,
         password=settings.reader_password.get_secret_value(),
         autocommit=True,
     )
@@ -262,32 +263,45 @@ def test_the_reader_cannot_change_the_views(
 
 @pytest.fixture
 def throwaway_role(database_url: str) -> Iterator[str]:
-    """A reader role of this test's own, dropped with everything granted to it."""
+    """A reader group of this test's own, dropped with its login (``<group>_login``) and
+    everything granted to them."""
     role = f"retention_test_reader_{uuid.uuid4().hex[:8]}"
     yield role
     with psycopg.connect(database_url, autocommit=True) as conn:
-        if conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
-            conn.execute(f"drop owned by {role}; drop role {role}")
+        for name in (f"{role}_login", role):
+            if conn.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone():
+                conn.execute(f"drop owned by {name}; drop role {name}")
+
+
+# The reader login's password, which the server must only ever see hashed.
+CLEAR_TEXT = "s3cret"
+
+
+def _reader_role(group: str) -> database.ReaderRole:
+    return database.ReaderRole(
+        group=group,
+        connection_limit=3,
+        statement_timeout="30s",
+        login=f"{group}_login",
+        password=CLEAR_TEXT,
+    )
 
 
 def test_ensure_reader_role_is_idempotent_under_concurrent_callers_and_grants_analytics_only(
     database_url: str, throwaway_role: str
 ) -> None:
+    reader = _reader_role(throwaway_role)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(
-            pool.map(
-                lambda _: database.ensure_reader_role(database_url, throwaway_role, "s3cret"),
-                range(8),
-            )
-        )
+        list(pool.map(lambda _: database.ensure_reader_role(database_url, reader), range(8)))
+    attribute_query = (
+        "select rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolconfig"
+        " from pg_roles where rolname = %s"
+    )
     with psycopg.connect(database_url) as conn:
-        attributes = conn.execute(
-            "select rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolconfig"
-            " from pg_roles where rolname = %s",
-            (throwaway_role,),
-        ).fetchone()
+        attributes = conn.execute(attribute_query, (throwaway_role,)).fetchone()
+        login_attributes = conn.execute(attribute_query, (reader.login,)).fetchone()
         stored_password = conn.execute(
-            "select rolpassword from pg_authid where rolname = %s", (throwaway_role,)
+            "select rolpassword from pg_authid where rolname = %s", (reader.login,)
         ).fetchone()
         schemas = {
             name: (usage, create)
@@ -305,19 +319,28 @@ def test_ensure_reader_role_is_idempotent_under_concurrent_callers_and_grants_an
             "  'select, insert, update, delete, truncate, references, trigger')",
             (list(database.PRIVATE_SCHEMAS), throwaway_role),
         ).fetchone()
-    assert attributes == (True, False, False, False, ["default_transaction_read_only=on"])
+    assert attributes == (False, False, False, False, None)
+    assert login_attributes == (
+        True,
+        False,
+        False,
+        False,
+        ["default_transaction_read_only=on", "statement_timeout=30s"],
+    )
     assert schemas == {"analytics": (True, False)} | dict.fromkeys(
         database.PRIVATE_SCHEMAS, (False, False)
     )
     assert private_relations_with_any_privilege == (0,)
     assert stored_password is not None
     assert stored_password[0].startswith(("SCRAM-SHA-256$", "md5"))  # hashed by the client
-    assert "s3cret" not in stored_password[0]
+    assert CLEAR_TEXT not in stored_password[0]
 
 
 def test_ensure_reader_role_refuses_a_name_dbt_would_have_to_quote() -> None:
     with pytest.raises(ValueError, match="lowercase Postgres identifier"):
-        database.ensure_reader_role("postgresql://unused", 'Reader"; drop table x; --', "pw")
+        database.ensure_reader_role(
+            "postgresql://unused", _reader_role('Reader"; drop table x; --')
+        )
 
 
 def test_ensure_reader_role_refuses_an_existing_role_with_more_power(
@@ -326,4 +349,4 @@ def test_ensure_reader_role_refuses_an_existing_role_with_more_power(
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"create role {throwaway_role} login createdb")
     with pytest.raises(RuntimeError, match="must not have"):
-        database.ensure_reader_role(database_url, throwaway_role, "pw")
+        database.ensure_reader_role(database_url, _reader_role(throwaway_role))
