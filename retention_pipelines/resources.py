@@ -84,6 +84,7 @@ def prepared_database_url(
 
 def settings_database_url(settings: RetentionSettings) -> str:
     """:func:`prepared_database_url` of the process's settings (the command line's way)."""
+    database.set_connect_retry(settings.db_connect_retry_s)
     return prepared_database_url(
         settings.database_url,
         home_dir=settings.home_dir,
@@ -100,6 +101,7 @@ class WarehouseResource(dg.ConfigurableResource):
     home_dir: str = Field(
         default=str(_default("home_dir")), description="Where the embedded server keeps its data."
     )
+    connect_retry_s: float = _setting("db_connect_retry_s")
     reader_role: str = Field(default=_default("reader_role"))
     reader_login: str = Field(default=_default("reader_login"))
     reader_password: str = Field(default=_default("reader_password").get_secret_value())
@@ -116,6 +118,7 @@ class WarehouseResource(dg.ConfigurableResource):
         )
 
     def url(self) -> str:
+        database.set_connect_retry(self.connect_retry_s)
         return prepared_database_url(
             self.database_url, home_dir=Path(self.home_dir), reader=self.reader()
         )
@@ -281,6 +284,7 @@ def resources_from_settings(settings: RetentionSettings, dbt: DbtProject) -> dic
     warehouse = WarehouseResource(
         database_url=dg.EnvVar("RETENTION_DATABASE_URL") if settings.database_url else None,
         home_dir=str(settings.home_dir),
+        connect_retry_s=settings.db_connect_retry_s,
         reader_role=settings.reader_role,
         reader_login=settings.reader_login,
         reader_connection_limit=settings.reader_connection_limit,

@@ -34,6 +34,25 @@ class RetentionSettings(BaseSettings):
     dagster_database: str = Field(
         default="dagster", description="Database for the Dagster instance on the same server."
     )
+    db_connect_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a connection is tried again, with growing waits, while the database "
+            "cannot be reached (restarting, failing over); 0: once."
+        ),
+    )
+    step_retries: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Retries of a database-bound step (ingestion, scoring, monitoring) that failed "
+            "on a lost connection; its partition is replaced whole, so a retry is safe."
+        ),
+    )
+    step_retry_delay_s: float = Field(
+        default=5.0, ge=0, description="Wait before a step's first retry, doubled for each next."
+    )
     max_file_bytes: int = Field(
         default=2 * 1024**3, description="Landing files larger than this are refused."
     )

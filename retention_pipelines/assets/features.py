@@ -19,6 +19,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
+from retention_pipelines.core.warehouse.streams import ddl_lock
 from retention_pipelines.resources import WarehouseResource, dbt_resource
 from retention_pipelines.settings import get_settings
 
@@ -66,7 +67,10 @@ _DBT_ASSETS = {
 def _build_partition(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
-    with warehouse.dbt_environment():
+    """One ``dbt build`` of the date, under the warehouse's DDL lock: runs of other dates, or
+    the same date twice, never create the same views at once. The lock is taken before dbt's
+    environment is set, so a command waiting for it changes nothing meanwhile."""
+    with ddl_lock(warehouse.url(), on_wait=context.log.info), warehouse.dbt_environment():
         yield from dbt.cli(dbt_build_args(context.partition_key), context=context).stream()
 
 

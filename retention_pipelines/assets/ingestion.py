@@ -7,6 +7,7 @@ import pandas as pd
 
 from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
+from retention_pipelines.assets.retries import database_retry_policy, retried_only_when_transient
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
 from retention_pipelines.core.warehouse.raw import (
     IngestionSummary,
@@ -28,6 +29,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
     backfill_policy=one_partition_per_run,
     group_name="ingestion",
     kinds={"postgres", "pandas"},
+    retry_policy=database_retry_policy(),
     check_specs=[
         dg.AssetCheckSpec(
             RECONCILE_CHECK,
@@ -45,6 +47,7 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
         ),
     ],
 )
+@retried_only_when_transient
 def raw_customer_snapshot(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource
 ) -> dg.MaterializeResult:

@@ -7,6 +7,7 @@ import dagster as dg
 
 from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
+from retention_pipelines.assets.retries import database_retry_policy, retried_only_when_transient
 from retention_pipelines.core import drift, registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.performance import (
@@ -32,7 +33,9 @@ NO_LABELS = "no labels on this date"
     backfill_policy=one_partition_per_run,
     deps=["customer_features", "churn_risk_scores"],
     kinds={"evidently", "postgres"},
+    retry_policy=database_retry_policy(),
 )
+@retried_only_when_transient
 def feature_drift_report(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
@@ -105,7 +108,9 @@ def _drift_metadata(report: drift.DriftReport, rows_read: int) -> dict[str, obje
     # The date's labels, and the scores (of earlier dates: this dependency orders the night).
     deps=[dg.AssetKey("customer_features"), dg.AssetKey("churn_risk_scores")],
     kinds={"postgres", "mlflow"},
+    retry_policy=database_retry_policy(),
 )
+@retried_only_when_transient
 def realised_model_performance(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,

@@ -6,6 +6,7 @@ import dagster as dg
 
 from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
+from retention_pipelines.assets.retries import database_retry_policy, retried_only_when_transient
 from retention_pipelines.core import registry
 from retention_pipelines.core.scoring import (
     SCORE_CHECKS,
@@ -31,11 +32,13 @@ SCORED, TOTAL = "customers_scored", "customers_total"
     backfill_policy=one_partition_per_run,
     deps=["customer_features"],
     kinds={"postgres", "mlflow"},
+    retry_policy=database_retry_policy(),
     check_specs=[
         dg.AssetCheckSpec(name, asset=ASSET, description=text, blocking=True)
         for name, text in SCORE_CHECKS.items()
     ],
 )
+@retried_only_when_transient
 def churn_risk_scores(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,

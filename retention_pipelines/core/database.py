@@ -25,6 +25,14 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import TupleRow
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 if TYPE_CHECKING:
     from retention_pipelines.settings import RetentionSettings
@@ -186,9 +194,84 @@ def sqlalchemy_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
 
 
+# How long connect() keeps trying a server it cannot reach (RETENTION_DB_CONNECT_RETRY_S).
+_connect_retry_s = 30.0
+# A server refusing connections while it starts, stops, recovers or is full says so; any other
+# refusal (a wrong password, a missing database or role) will not change by waiting.
+_PASSING_REFUSALS = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def set_connect_retry(seconds: float) -> None:
+    """How long :func:`connect` keeps trying, in this process (0: a single attempt)."""
+    global _connect_retry_s  # noqa: PLW0603  # one process, one platform, one setting
+    _connect_retry_s = max(0.0, seconds)
+
+
+def connect(
+    url: str, *, autocommit: bool = False, retry_s: float | None = None
+) -> psycopg.Connection[TupleRow]:
+    """A connection to ``url``; while the server cannot be reached (down, restarting, failing
+    over, out of connection slots) it is tried again with growing waits, for ``retry_s``
+    seconds at most (default: :func:`set_connect_retry`'s).
+
+    Only opening a connection is retried. A statement that fails on an open connection fails
+    its transaction, which rolls back whole; whether to run the work again is the caller's
+    decision (Dagster's retry policy of the step, for the assets).
+    """
+    window = _connect_retry_s if retry_s is None else retry_s
+    retrying = Retrying(
+        retry=retry_if_exception(_unreachable),
+        stop=stop_before_delay(window),
+        wait=wait_exponential_jitter(initial=0.25, max=4.0, jitter=0.25),
+        before_sleep=lambda state: _log_retry(url, window, state),
+        reraise=True,
+    )
+    return retrying(psycopg.connect, url, autocommit=autocommit)
+
+
+def _unreachable(error: BaseException) -> bool:
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    message = str(error)
+    return "FATAL:" not in message or any(text in message for text in _PASSING_REFUSALS)
+
+
+def _log_retry(url: str, window: float, state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    reason = str(error).strip().splitlines()[-1] if error else "no answer"
+    parts = connection_parts(url)
+    log = logger.warning if state.attempt_number == 1 else logger.debug
+    log(
+        "cannot reach the database %s at %s:%s (%s): trying again for up to %.0f s",
+        parts.dbname,
+        parts.host,
+        parts.port,
+        reason,
+        window,
+    )
+
+
+def transient_failure(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is one a later attempt may not meet:
+    a database connection refused or lost, a server shutting down, a deadlock. These are the
+    DB-API's ``OperationalError`` (psycopg's, and those of the SQLAlchemy clients MLflow and
+    Dagster use); a cancelled statement (a timeout) is one too, but would be cancelled again.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not isinstance(current, psycopg.errors.QueryCanceled) and any(
+            kind.__name__ == "OperationalError" for kind in type(current).__mro__
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def ensure_database(url: str, database: str) -> None:
     """Create ``database`` on the server of ``url`` unless it exists."""
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+    with connect(with_database(url, "postgres"), autocommit=True) as conn:
         exists = conn.execute(
             "select 1 from pg_database where datname = %s", (database,)
         ).fetchone()
@@ -200,7 +283,7 @@ def ensure_database(url: str, database: str) -> None:
 
 def drop_database(url: str, database: str) -> None:
     """Drop ``database`` (used by tests for their throwaway databases)."""
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+    with connect(with_database(url, "postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(database))
         )
@@ -232,7 +315,7 @@ def upgrade(url: str) -> list[Migration]:
     second finds nothing left to do. A failing migration leaves the database as it was.
     """
     applied_now: list[Migration] = []
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(
             f"create table if not exists {MIGRATIONS_TABLE} ("
@@ -255,7 +338,7 @@ def upgrade(url: str) -> list[Migration]:
 
 def current_version(url: str) -> int:
     """The highest applied migration version, 0 when none."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         exists = conn.execute("select to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone()
         if exists is None or exists[0] is None:
             return 0
@@ -338,7 +421,7 @@ def ensure_reader_role(url: str, reader: ReaderRole) -> None:
     _check_role_name(reader.group, "reader role")
     if reader.login:
         _check_role_name(reader.login, "reader login")
-    with psycopg.connect(with_database(url, "postgres")) as conn:
+    with connect(with_database(url, "postgres")) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
         _ensure_group(conn, reader.group)
         if reader.login:
@@ -357,7 +440,7 @@ def ensure_reader_login(url: str, reader: ReaderRole, name: str, password: str) 
     _check_role_name(name, "reader login")
     if name == reader.group:
         raise ValueError(f"{name!r} is the reader group itself: a login needs a name of its own")
-    with psycopg.connect(with_database(url, "postgres")) as conn:
+    with connect(with_database(url, "postgres")) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
         group = conn.execute(
             "select 1 from pg_roles where rolname = %s and not rolcanlogin", (reader.group,)
@@ -468,7 +551,7 @@ def _grant_analytics_only(url: str, role: str) -> None:
     """SELECT on analytics (now and later), CONNECT on this database; nothing on the rest,
     and no temporary tables here for anyone but the platform's own user."""
     name = sql.Identifier(role)
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         conn.execute("select pg_advisory_xact_lock(%s)", (READER_ROLE_LOCK_KEY,))
         row = conn.execute("select current_database()").fetchone()
         database = sql.Identifier(row[0] if row else "")

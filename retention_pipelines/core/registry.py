@@ -31,7 +31,12 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from retention_pipelines.churn_model.model import ChurnModel
-from retention_pipelines.core.database import ensure_database, sqlalchemy_url, with_database
+from retention_pipelines.core.database import (
+    connect,
+    ensure_database,
+    sqlalchemy_url,
+    with_database,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ def _ensure_mlflow_schema(url: str, uri: str) -> None:
     MLflow's migrations run in a single transaction on Postgres, so ``alembic_version``
     holds a row only once they have all committed: the cheap check that skips the lock.
     """
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         if _mlflow_schema_revision(conn) is not None:
             return
         conn.execute(f"set lock_timeout = '{_SCHEMA_LOCK_TIMEOUT}'")

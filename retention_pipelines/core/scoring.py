@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from retention_pipelines.churn_model.model import ChurnModel, Scored
+from retention_pipelines.core.database import connect
 from retention_pipelines.core.explain import describe
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.warehouse import features as feature_table
@@ -181,7 +182,7 @@ def score_partition(
         where = where + sql.SQL(" and not ") + carryover.unchanged()
 
     def scored_chunks() -> Iterator[pd.DataFrame]:
-        with psycopg.connect(url) as conn, conn.transaction():
+        with connect(url) as conn, conn.transaction():
             if carryover is not None:
                 conn.execute(score_table.NO_NESTED_LOOPS)
             reader = feature_table.read_features(conn, where, chunk_rows=chunk_rows)
@@ -245,7 +246,7 @@ def summarize_scores(
 ) -> ScoreSummary:
     """Counts, bands, the probability histogram (tenths), the most common first reasons and
     the highest-risk customers of the date."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         bands = score_table.band_counts(conn, snapshot_date)
         mean = score_table.mean_probability(conn, snapshot_date)
         tenths = score_table.probability_tenths(conn, snapshot_date)

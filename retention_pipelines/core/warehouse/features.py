@@ -17,6 +17,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from retention_pipelines.core.database import connect
 from retention_pipelines.core.features import (
     BOOLEAN_FEATURES,
     CATEGORICAL_FEATURES,
@@ -160,7 +161,7 @@ def count_rows(conn: psycopg.Connection, where: sql.Composable) -> int:
 def count_features(url: str, snapshot_date: date, *, labelled: bool = False) -> int:
     """The customers of one date (``labelled``: those whose churn label is known)."""
     where = labelled_on([snapshot_date]) if labelled else on_date(snapshot_date)
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         return count_rows(conn, where)
 
 
@@ -169,7 +170,7 @@ def read_sample(
 ) -> tuple[pd.DataFrame, int]:
     """The rows ``where`` selects (sampled past ``max_rows``), as model input with the
     categories as pandas categoricals, and how many rows were selected before sampling."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         rows = count_rows(conn, where)
         frame = read_all(
             conn, where, categories=True, sample=(rows, max_rows), with_scores=with_scores
@@ -187,7 +188,7 @@ def read_partition(url: str, snapshot_date: date) -> tuple[pd.DataFrame, int]:
     transaction so that they describe the same moment. A database dbt never ran on has no
     table yet: no rows."""
     columns = ("customer_id", *FEATURE_COLUMNS, LABEL_COLUMN)
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             raw_rows = int(
@@ -208,7 +209,7 @@ def read_partition(url: str, snapshot_date: date) -> tuple[pd.DataFrame, int]:
 
 def labelled_dates(url: str, snapshots: int) -> list[date]:
     """The latest ``snapshots`` dates that have labelled rows, newest first."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         if scalar(conn, "select to_regclass(%s)", (CUSTOMER_FEATURES,)) is None:
             return []
         rows = conn.execute(
@@ -233,6 +234,6 @@ def read_labelled(url: str, snapshots: int) -> tuple[pd.DataFrame, list[date]]:
     ).format(
         labelled=labelled_on(dates), table=table_name(CUSTOMER_FEATURES), days=sql.Literal(dates)
     )
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         frame = read_all(conn, latest, columns=columns)
     return frame.sort_values("customer_id", ignore_index=True), sorted(dates)

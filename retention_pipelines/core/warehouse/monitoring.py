@@ -9,9 +9,9 @@ from datetime import date, timedelta
 from typing import Any, Final
 
 import pandas as pd
-import psycopg
 from psycopg.types.json import Jsonb
 
+from retention_pipelines.core.database import connect
 from retention_pipelines.core.warehouse.streams import (
     copy_in,
     delete_partition,
@@ -97,7 +97,7 @@ def save_drift_report(url: str, row: Mapping[str, Any]) -> None:
 
 def latest_drift_reports(url: str, limit: int = 1) -> list[dict[str, Any]]:
     """The newest ``limit`` rows of ``monitoring.drift_reports``, newest first."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         rows = query_frame(
             conn,
             f"select {', '.join(DRIFT_COLUMNS)} from {DRIFT_REPORTS}"
@@ -117,7 +117,7 @@ def save_quality(url: str, row: Mapping[str, Any]) -> None:
 
 def quality_passed(url: str, snapshot_date: date) -> bool | None:
     """The date's Great Expectations verdict (None: the suite has not run on it)."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         row = conn.execute(
             f"select success from {DATA_QUALITY} where snapshot_date = %s", (snapshot_date,)
         ).fetchone()
@@ -209,7 +209,7 @@ def realised_groups(url: str, evaluated_on: date, first_score_date: date) -> pd.
     before ``evaluated_on``, joined to that day's labels: the figures of
     :data:`REALISED_COLUMNS`, one row per group, computed inside Postgres (memory stays
     bounded whatever the customer count)."""
-    with psycopg.connect(url) as conn, conn.transaction():
+    with connect(url) as conn, conn.transaction():
         # A hash join, never a nested loop: the day's labels were usually written minutes ago
         # and the planner would expect a handful of rows where there are millions.
         conn.execute("set local enable_nestloop = off")
@@ -227,7 +227,7 @@ def replace_performance(url: str, evaluated_on: date, rows: pd.DataFrame) -> Non
 
 def read_performance(url: str, evaluated_on: date) -> pd.DataFrame:
     """The rows recorded for one labelled date, in score date and version order."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         return query_frame(
             conn,
             f"select {', '.join(PERFORMANCE_COLUMNS)} from {MODEL_PERFORMANCE}"
@@ -240,7 +240,7 @@ def latest_realised_auc(url: str, version: str) -> tuple[date, date, float] | No
     """(evaluated_on, score_date, ROC AUC) of ``version``'s freshest judged scores: the most
     recent labelled date, and within it the most recent score date (one-class groups, which
     have no AUC, skipped)."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         row = conn.execute(
             f"select evaluated_on, score_date, roc_auc from {MODEL_PERFORMANCE}"
             " where model_version = %s and roc_auc is not null"
@@ -254,7 +254,7 @@ def realised_auc_history(url: str, *, until: date, days: int = 90) -> pd.DataFra
     """Per score date of the ``days`` before ``until`` and model version, the realised ROC
     AUC by the latest labels up to ``until`` (a score date is judged again by every labelled
     snapshot within the horizon after it; the latest judgement is the one shown)."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         return query_frame(
             conn,
             "select distinct on (score_date, model_version)"

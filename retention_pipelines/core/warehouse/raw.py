@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
+from retention_pipelines.core.database import connect
 from retention_pipelines.core.ingestion import (
     LandingFileFacts,
     ValidatedChunk,
@@ -294,7 +295,7 @@ class PartitionCounts:
 
 def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
     """Counts read from the tables themselves, against what the ingestion run recorded."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         run = conn.execute(
             f"select rows_read, duplicates_collapsed from {INGESTION_RUNS}"
             " where snapshot_date = %s",
@@ -313,7 +314,7 @@ def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
 def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> pd.DataFrame:
     """The first valid rows of a partition, in file order, for the asset's metadata."""
     columns = ["customer_id", "tenure", "contract", "internet_service", "monthly_charges", "churn"]
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         return query_frame(
             conn,
             f"select {', '.join(columns)} from {RAW_SNAPSHOTS} where snapshot_date = %s"

@@ -18,6 +18,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from retention_pipelines.core.database import connect
 from retention_pipelines.core.features import FEATURE_COLUMNS
 from retention_pipelines.core.warehouse.streams import (
     copy_in,
@@ -132,7 +133,7 @@ def find_carryover(
     Both tables are analyzed first: the day's features were usually written minutes ago, and
     without statistics the planner would expect a handful of rows where there are millions.
     """
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         conn.execute(f"analyze {CUSTOMER_FEATURES}")
         conn.execute(f"analyze {CHURN_RISK_SCORES}")
         row = conn.execute(
@@ -248,7 +249,7 @@ class ScoreCounts:
 
 
 def score_counts(url: str, snapshot_date: date) -> ScoreCounts:
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         row = conn.execute(
             f"""
             select

@@ -9,9 +9,10 @@ CSV text and yields a frame per chunk; the writer takes one frame at a time.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 
@@ -22,11 +23,18 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
+from retention_pipelines.core.database import connect
+
+logger = logging.getLogger(__name__)
+
 # Postgres' CSV: booleans are t/f, NULL is an unquoted empty field.
 _TRUE, _FALSE = ["t"], ["f"]
 # A sample keeps a customer when this many low bits of a seeded hash of its id fall under a cut.
 _SAMPLE_BUCKETS = 1_048_576
 SAMPLE_SEED = 20_240_101
+# The warehouse's lock of steps that create or replace relations (dbt); fixed, like the
+# migrations' own, and distinct from it.
+DDL_LOCK_KEY = 0x52455444
 
 
 def copy_tables(
@@ -150,7 +158,7 @@ def partition_transaction(url: str, table: str, key: date) -> Iterator[psycopg.C
     Two writers of one partition take turns; readers see the previous rows until the
     commit, and an exception anywhere inside rolls everything back.
     """
-    with psycopg.connect(url) as conn, conn.transaction():
+    with connect(url) as conn, conn.transaction():
         lock_partition(conn, table, key)
         yield conn
 
@@ -159,6 +167,25 @@ def lock_partition(conn: psycopg.Connection, table: str, key: date) -> None:
     """The advisory lock of one partition, held until the transaction ends."""
     namespace = zlib.crc32(table.encode()) & 0x7FFF_FFFF
     conn.execute("select pg_advisory_xact_lock(%s, %s)", (namespace, (key - date(2000, 1, 1)).days))
+
+
+@contextmanager
+def ddl_lock(url: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the warehouse's DDL lock for the duration of the block: one dbt command at a time.
+
+    dbt creates and replaces views and tables under temporary names, and two commands doing so
+    at once on one database collide (``relation ... already exists``), so every dbt
+    invocation against a warehouse runs inside this block, whichever process or run it
+    belongs to. The lock is a session-level advisory lock on a connection of its own, held
+    idle while dbt works: it is released when the block ends, and by the server when the
+    process dies, so a killed run never leaves it behind. ``on_wait`` (default: the log)
+    hears one line when another command holds it.
+    """
+    with connect(url, autocommit=True) as conn:
+        if not scalar(conn, "select pg_try_advisory_lock(%s)", (DDL_LOCK_KEY,)):
+            (on_wait or logger.info)("waiting for another dbt run on this warehouse to finish")
+            conn.execute("select pg_advisory_lock(%s)", (DDL_LOCK_KEY,))
+        yield  # closing the connection releases the lock
 
 
 def delete_partition(
