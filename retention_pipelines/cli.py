@@ -6,12 +6,16 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 import shlex
 import shutil
+import sys
+import warnings
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from retention_pipelines.core import database
 from retention_pipelines.core.ingestion import (
@@ -37,9 +42,33 @@ if TYPE_CHECKING:
 
     from retention_pipelines.datagen import SimulatedDay
     from retention_pipelines.demo import DemoReport
-    from retention_pipelines.local_runs import RunOutcome, RunProgress
+    from retention_pipelines.local_runs import RunInterrupted, RunOutcome, RunProgress
 
-app = typer.Typer(help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.")
+
+class RetentionGroup(TyperGroup):
+    """The command group that turns the failures a person is expected to meet into one
+    sentence and a non-zero exit, wherever in a command they happen; ``--debug`` lets them
+    through with their traceback. A run stopped by a signal ends the process here."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from retention_pipelines.local_runs import RunInterrupted  # noqa: PLC0415
+
+        try:
+            return super().invoke(ctx)
+        except RunInterrupted as interrupted:
+            _exit_interrupted(interrupted)
+        except Exception as error:
+            sentence = _expected_failure(error)
+            if sentence is None or ctx.params.get("debug"):
+                raise
+            console.print(f"[red]{sentence}[/red]", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from error
+
+
+app = typer.Typer(
+    cls=RetentionGroup,
+    help="RetentionAI: churn scores, reasons and drift, orchestrated by Dagster.",
+)
 db_app = typer.Typer(
     help="The platform's Postgres: embedded by default, or RETENTION_DATABASE_URL."
 )
@@ -50,15 +79,74 @@ console = Console()
 # Libraries that report their own bookkeeping at INFO (creating MLflow's tables, migrations):
 # the command line says what it did itself.
 QUIET_LOGGERS = ("mlflow", "alembic")
+# Warnings about the platform's own code, for its developers (the tests show them), not for
+# the person at the command line: Dagster's beta notice of the one-partition backfill policy.
+QUIET_WARNINGS = ("Parameter `backfill_policy`",)
+
+
+DebugOption = Annotated[
+    bool,
+    typer.Option("--debug", help="Show a failure's traceback instead of one sentence."),
+]
 
 
 @app.callback()
-def main() -> None:
+def main(debug: DebugOption = False) -> None:
     """RetentionAI: churn scores, reasons and drift, orchestrated by Dagster."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     # MLflow sets its own loggers' level when it is imported (later, on use): from here.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+# The libpq messages of a connection that could not be made (psycopg, and psycopg2 under
+# dagster-postgres), whatever SQLAlchemy, Dagster, MLflow or a retry wrapped them in.
+_CONNECTION_FAILED = re.compile(
+    r"connection to server|could not connect|connection failed|failed to resolve host|"
+    r"could not translate host name"
+)
+
+
+def _expected_failure(error: BaseException) -> str | None:
+    """One sentence for a failure a person is expected to meet, or None for a defect."""
+    reason = _connection_failure(error)
+    if reason is None:
+        return None
+    settings = get_settings()
+    where = (
+        f"the database at {database.masked_url(settings.database_url)}"
+        if settings.database_url
+        else f"the embedded Postgres in {settings.embedded_pgdata}"
+    )
+    return f"cannot reach {where}: {reason}"
+
+
+def _connection_failure(error: BaseException) -> str | None:
+    """Why a connection to Postgres failed, if ``error`` or an error it wraps says so: the
+    last clause of libpq's first line ("connection refused")."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        line = str(current).strip().split("\n", 1)[0]
+        if type(current).__name__ == "OperationalError" and _CONNECTION_FAILED.search(line):
+            reason = re.sub(r"^(FATAL:|\[Errno -?\d+\])\s*", "", line.rsplit(": ", 1)[-1].strip())
+            return reason[:1].lower() + reason[1:]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _exit_interrupted(interrupted: RunInterrupted) -> None:
+    """Say that the run was cancelled, and end the process now: the run's thread may still
+    be running Python code, and nothing of it should outlive the signal."""
+    log = f" (log: {interrupted.log_path})" if interrupted.log_path else ""
+    console.print(f"[red]{interrupted}[/red]{log}", soft_wrap=True, highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    code = {"SIGINT": 130, "SIGTERM": 143}.get(interrupted.signal_name, 1)
+    os._exit(code)
 
 
 DateOption = Annotated[
@@ -482,10 +570,22 @@ def _run_with_progress(
         )
 
 
+def _fail_abandoned_runs() -> None:
+    """Mark failed the runs of this host whose process was killed, one line each."""
+    from retention_pipelines.local_runs import fail_abandoned_runs, local_instance  # noqa: PLC0415
+    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
+
+    settings = get_settings()
+    settings_database_url(settings)  # the server found and ready, as every command finds it
+    for abandoned in fail_abandoned_runs(local_instance(settings)):
+        console.print(abandoned.describe(), soft_wrap=True, highlight=False)
+
+
 def _report_run(outcome: RunOutcome, summary: str) -> None:
-    """One line of what the run did, where its log is, and how to look at it in the UI."""
+    """One line of what the run did (or which step failed, and why), where its log is, and
+    how to look at it in the UI."""
     if not outcome.success:
-        console.print(f"[red]run {outcome.run_id} failed[/red]: {outcome.error}", soft_wrap=True)
+        console.print(f"[red]{outcome.error}[/red]", soft_wrap=True, highlight=False)
     else:
         console.print(summary, soft_wrap=True)
     if outcome.log_path is not None:
@@ -513,6 +613,7 @@ def train(
     from retention_pipelines.core.warehouse.features import labelled_dates  # noqa: PLC0415
     from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
+    _fail_abandoned_runs()
     settings = get_settings()
     if not labelled_dates(settings_database_url(settings), settings.training_snapshots):
         console.print(
@@ -555,6 +656,7 @@ def score(snapshot_date: DateOption = "", verbose: VerboseOption = False) -> Non
     from retention_pipelines.core import registry  # noqa: PLC0415
 
     day = _parse_date(snapshot_date)
+    _fail_abandoned_runs()
     if registry.champion_version(_mlflow_client()) is None:
         console.print(
             f"[red]no champion model yet[/red]: train one with `retention train` "
@@ -587,19 +689,24 @@ def demo(
     dotenv: DotenvOption = None,
 ) -> None:
     """Build today's snapshot and features, print what was built, then serve the Dagster UI."""
-    from retention_pipelines.demo import run_demo  # noqa: PLC0415
+    from retention_pipelines.demo import DemoRunError, run_demo  # noqa: PLC0415
     from retention_pipelines.local_runs import terminal  # noqa: PLC0415
 
-    with _bar_progress(Console(file=terminal()), transient=True) as progress:
-        task = progress.add_task("building today's snapshot", total=None)
+    _fail_abandoned_runs()
+    try:
+        with _bar_progress(Console(file=terminal()), transient=True) as progress:
+            task = progress.add_task("building today's snapshot", total=None)
 
-        def show(update: RunProgress) -> None:
-            progress.update(task, description=update.describe(), completed=update.steps_done,
-                            total=update.steps_total)  # fmt: skip
+            def show(update: RunProgress) -> None:
+                progress.update(task, description=update.describe(), completed=update.steps_done,
+                                total=update.steps_total)  # fmt: skip
 
-        report = run_demo(
-            get_settings(), customers=customers, on_progress=show, log_path=_log_path("demo")
-        )
+            report = run_demo(
+                get_settings(), customers=customers, on_progress=show, log_path=_log_path("demo")
+            )
+    except DemoRunError as failed:
+        _report_run(failed.outcome, "")
+        raise
     if dotenv is not None:
         write_dotenv(dotenv, "DAGSTER_HOME", str(report.dagster_home))
     _print_report(report)

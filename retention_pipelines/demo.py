@@ -15,7 +15,7 @@ import dagster as dg
 from retention_pipelines.core.ingestion import landing_file_name
 from retention_pipelines.core.warehouse.features import count_features
 from retention_pipelines.core.warehouse.raw import PartitionCounts, partition_counts
-from retention_pipelines.local_runs import RunProgress, local_instance, run_job
+from retention_pipelines.local_runs import RunOutcome, RunProgress, local_instance, run_job
 from retention_pipelines.resources import settings_database_url
 from retention_pipelines.settings import RetentionSettings
 
@@ -47,6 +47,15 @@ class DemoReport:
             ("feature rows (features.customer_features)", f"{self.feature_rows:,}"),
             ("seconds", f"{self.seconds:.1f}"),
         ]
+
+
+class DemoRunError(RuntimeError):
+    """The run that builds the demo's partition failed; ``outcome`` says which step, and why."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        log = outcome.log_path or "above"
+        super().__init__(f"the demo run {outcome.run_id} failed: {outcome.error} (log: {log})")
+        self.outcome = outcome
 
 
 def today_in(timezone: str) -> date:
@@ -83,9 +92,7 @@ def run_demo(
         )
         run_id = outcome.run_id
         if not outcome.success:
-            raise RuntimeError(
-                f"the demo run {run_id} failed: {outcome.error} (log: {log_path or 'above'})"
-            )
+            raise DemoRunError(outcome)
     empty = PartitionCounts(0, 0, 0, 0)
     return DemoReport(
         snapshot_date=today,

@@ -1,0 +1,109 @@
+"""Which process ran something, whether it still runs, and stopping the processes a process
+started: what the command line needs to leave no run behind when it is killed or stopped.
+
+A process is named by its host, its pid and its start time: a pid alone is reused once the
+process is gone, so a recorded pid whose start time differs is another process. Start times
+come from ``/proc`` (Linux); elsewhere only whether the pid is alive is known.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+# Fields of /proc/<pid>/stat after the ")" that closes the command name.
+_STATE, _PPID, _STARTTIME = 0, 1, 19
+
+
+@dataclass(frozen=True)
+class ProcessName:
+    host: str
+    pid: int
+    # Clock ticks after boot at which the process started (/proc/<pid>/stat), where known.
+    started: str | None = None
+
+
+def this_process() -> ProcessName:
+    return ProcessName(socket.gethostname(), os.getpid(), _started(os.getpid()))
+
+
+def is_gone(process: ProcessName) -> bool:
+    """Whether ``process``, of this host, has ended: its pid is free, a zombie, or another
+    process's (a different start time). A process of another host is never known gone."""
+    if process.host != socket.gethostname():
+        return False
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    stat = _stat(process.pid)
+    if stat is None:  # no /proc: alive is all that is known
+        return False
+    return stat[_STATE] == "Z" or (
+        process.started is not None and stat[_STARTTIME] != process.started
+    )
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes ``pid`` started, and theirs, from ``/proc`` (none where there is none)."""
+    parents: dict[int, list[int]] = {}
+    for entry in PROC.iterdir() if PROC.is_dir() else ():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(stat[_PPID]), []).append(int(entry.name))
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        children = [child for child in parents.get(frontier.pop(), []) if child not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ("" where unknown)."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def terminate(pids: Iterable[int], grace_s: float = 5.0) -> None:
+    """SIGTERM each process, and SIGKILL those still running after ``grace_s`` seconds."""
+    running = {ProcessName(socket.gethostname(), pid, _started(pid)) for pid in pids}
+    for process in running:
+        _signal(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while running and time.monotonic() < deadline:
+        running = {process for process in running if not is_gone(process)}
+        time.sleep(0.05)
+    for process in running:
+        if not is_gone(process):
+            _signal(process.pid, signal.SIGKILL)
+
+
+def _signal(pid: int, number: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, number)
+
+
+def _started(pid: int) -> str | None:
+    stat = _stat(pid)
+    return stat[_STARTTIME] if stat else None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = (PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
