@@ -11,9 +11,10 @@ import shlex
 import shutil
 import sys
 import warnings
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from zoneinfo import ZoneInfo
 
 import click
 import typer
@@ -32,8 +33,14 @@ from typer.core import TyperGroup
 from retention_pipelines.core import database
 from retention_pipelines.core.ingestion import (
     LandingFileError,
-    check_landing_file,
+    LandingFormat,
     landing_file_name,
+)
+from retention_pipelines.core.landing import (
+    LandingError,
+    check_snapshot_date,
+    land_file,
+    parse_snapshot_date,
 )
 from retention_pipelines.settings import PROJECT_ROOT, get_settings
 
@@ -99,6 +106,7 @@ def main(debug: DebugOption = False) -> None:
         warnings.filterwarnings("ignore", message=message)
     # MLflow sets its own loggers' level when it is imported (later, on use): from here.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    database.set_connect_retry(get_settings().db_connect_retry_s)
 
 
 # The libpq messages of a connection that could not be made (psycopg, and psycopg2 under
@@ -158,9 +166,9 @@ def _parse_date(value: str | None) -> date:
     if not value:
         return date.today()  # the operator's calendar day
     try:
-        return date.fromisoformat(value)
-    except ValueError as error:
-        raise typer.BadParameter(f"{value!r} is not a date like 2026-11-26") from error
+        return parse_snapshot_date(value)
+    except LandingError as error:
+        raise typer.BadParameter(f"{value[:64]!r} is not a date like 2026-11-26") from error
 
 
 def _progress() -> Progress:
@@ -296,24 +304,68 @@ def _print_simulation(written: list[SimulatedDay], folder: Path) -> None:
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A Telco-style CSV.")],
+    path: Annotated[Path, typer.Argument(help="A Telco-style CSV, plain or gzip.")],
     snapshot_date: DateOption = "",
+    encoding: Annotated[
+        str | None,
+        typer.Option(help="The file's encoding, e.g. cp1252 (default: the landing encoding)."),
+    ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(help="The file's delimiter, e.g. ';' (default: the landing delimiter)."),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the date's landing file if it has one.")
+    ] = False,
 ) -> None:
-    """Check a CSV and copy it into the landing folder as the snapshot of a date.
+    """Check a CSV and put it into the landing folder as the snapshot of a date.
 
-    Materialize ``raw_customer_snapshot`` for that date (Dagster UI or ``make demo``) to load it.
+    A file in another encoding or delimiter is converted to the landing format. Materialize
+    ``raw_customer_snapshot`` for that date (Dagster UI, or ``retention score``) to load it.
     """
-    day = _parse_date(snapshot_date)
     settings = get_settings()
     try:
-        facts = check_landing_file(path, max_bytes=settings.max_file_bytes)
-    except LandingFileError as error:
-        console.print(f"[red]not landed[/red]: {error}", soft_wrap=True)
+        day = parse_snapshot_date(snapshot_date) if snapshot_date else date.today()
+        check_snapshot_date(
+            day,
+            first=date.fromisoformat(settings.partitions_start_date),
+            today=datetime.now(ZoneInfo(settings.timezone)).date(),
+        )
+        landing_format = LandingFormat(
+            encoding=settings.landing_encoding,
+            delimiter=settings.landing_delimiter,
+            max_field_chars=settings.max_field_chars,
+        )
+        source_format = LandingFormat(
+            encoding=encoding or landing_format.encoding,
+            delimiter=delimiter or landing_format.delimiter,
+            max_field_chars=landing_format.max_field_chars,
+        )
+        landed = land_file(
+            path,
+            settings.resolved_landing_dir,
+            day,
+            source_format=source_format,
+            landing_format=landing_format,
+            max_bytes=settings.max_file_bytes,
+            replace=replace,
+        )
+    except (LandingFileError, LandingError, LookupError, ValueError) as error:
+        console.print(f"[red]not landed[/red]: {_one_line(error)}", soft_wrap=True)
         raise typer.Exit(code=1) from error
-    target = settings.resolved_landing_dir / landing_file_name(day)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, target)
-    console.print(f"landed {path} ({facts.size_bytes:,} bytes) as {target}")
+    facts = landed.facts
+    how = f", converted from {source_format.encoding} {source_format.delimiter!r}"
+    console.print(
+        f"landed {path} ({facts.size_bytes:,} bytes, {facts.data_lines:,} data lines"
+        f"{how if landed.converted else ''}) as {landed.target}"
+        + (f", replacing {', '.join(map(str, landed.replaced))}" if landed.replaced else ""),
+        soft_wrap=True,
+    )
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error) if not isinstance(error, LookupError) else f"unknown encoding: {error}"
+    return " ".join(text.split())
 
 
 @db_app.command("upgrade")

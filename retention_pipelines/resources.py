@@ -28,7 +28,7 @@ from pydantic import Field, PrivateAttr
 
 from retention_pipelines.core import database
 from retention_pipelines.core.drift import DriftConfig
-from retention_pipelines.core.ingestion import landing_file_name
+from retention_pipelines.core.ingestion import LandingFormat, find_landing_file
 from retention_pipelines.core.registry import mlflow_tracking_uri
 from retention_pipelines.core.scoring import RiskBands
 from retention_pipelines.settings import RetentionSettings
@@ -158,9 +158,20 @@ class LandingResource(_SettingsResource):
     max_file_bytes: int = _setting("max_file_bytes")
     chunk_rows: int = _setting("ingest_chunk_rows")
     max_reject_share: float = _setting("max_reject_share")
+    encoding: str = _setting("landing_encoding")
+    delimiter: str = _setting("landing_delimiter")
+    max_field_chars: int = _setting("max_field_chars")
+
+    def landing_format(self) -> LandingFormat:
+        return LandingFormat(
+            encoding=self.encoding,
+            delimiter=self.delimiter,
+            max_field_chars=self.max_field_chars,
+        )
 
     def path_for(self, snapshot_date: date) -> Path:
-        return Path(self.landing_dir) / landing_file_name(snapshot_date)
+        """The day's landing file: plain, or gzip-compressed when only that one is there."""
+        return find_landing_file(Path(self.landing_dir), snapshot_date)
 
 
 class MlflowResource(_SettingsResource):

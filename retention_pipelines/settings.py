@@ -56,6 +56,19 @@ class RetentionSettings(BaseSettings):
     max_file_bytes: int = Field(
         default=2 * 1024**3, description="Landing files larger than this are refused."
     )
+    landing_encoding: str = Field(
+        default="utf-8",
+        description="Encoding of landing files (utf-8, cp1252, latin-1...); gzip is read through.",
+    )
+    landing_delimiter: str = Field(
+        default=",", min_length=1, max_length=1, description="Field delimiter of landing files."
+    )
+    max_field_chars: int = Field(
+        default=4096,
+        ge=1,
+        lt=131_072,
+        description="A landing field longer than this quarantines its row.",
+    )
     ingest_chunk_rows: int = Field(
         default=25_000, description="Rows validated and copied per chunk during ingestion."
     )

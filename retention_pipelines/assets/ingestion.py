@@ -8,7 +8,11 @@ import pandas as pd
 from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.assets.retries import database_retry_policy, retried_only_when_transient
-from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
+from retention_pipelines.core.ingestion import (
+    LandingFileError,
+    check_landing_file,
+    read_validated_chunks,
+)
 from retention_pipelines.core.warehouse.raw import (
     IngestionSummary,
     PartitionCounts,
@@ -36,7 +40,8 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
             asset=ASSET,
             blocking=True,
             description=(
-                "Rows read = valid + rejected + collapsed duplicates, counted in the tables."
+                "The file's data lines = rows read = valid + rejected + collapsed duplicates,"
+                " counted in the tables."
             ),
         ),
         dg.AssetCheckSpec(
@@ -58,24 +63,31 @@ def raw_customer_snapshot(
     if not path.exists():
         raise dg.Failure(
             f"No landing file for {snapshot_date}: expected {path}. "
-            "Copy one in with `retention ingest PATH --date YYYY-MM-DD`."
+            "Copy one in with `retention ingest PATH --date YYYY-MM-DD`.",
+            allow_retries=False,
         )
     url = warehouse.url()
+    fmt = landing.landing_format()
+    try:
+        facts = check_landing_file(path, max_bytes=landing.max_file_bytes, fmt=fmt)
+    except LandingFileError as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
     summary = replace_snapshot_partition(
         url,
         snapshot_date=snapshot_date,
-        facts=check_landing_file(path, max_bytes=landing.max_file_bytes),
-        chunks=read_validated_chunks(path, chunk_rows=landing.chunk_rows),
+        facts=facts,
+        chunks=read_validated_chunks(path, chunk_rows=landing.chunk_rows, fmt=fmt),
         on_chunk=lambda rows: _observe_rows(context, path.name, rows),
     )
     context.log.info(
         f"{summary.rows_valid:,} valid, {summary.rows_rejected:,} rejected, "
         f"{summary.duplicates_collapsed:,} duplicates collapsed of {summary.rows_read:,} read"
+        f" ({summary.blank_lines:,} blank lines skipped)"
     )
     return dg.MaterializeResult(
         metadata=_metadata(summary, str(path), preview_partition(url, snapshot_date)),
         check_results=[
-            _reconcile_result(partition_counts(url, snapshot_date)),
+            _reconcile_result(partition_counts(url, snapshot_date), facts.data_lines),
             _reject_share_result(summary, landing.max_reject_share),
         ],
     )
@@ -99,13 +111,14 @@ def _metadata(summary: IngestionSummary, path: str, preview: pd.DataFrame) -> di
         "rows_valid": summary.rows_valid,
         "rows_rejected": summary.rows_rejected,
         "duplicates_collapsed": summary.duplicates_collapsed,
+        "blank_lines": summary.blank_lines,
         "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
         "reject_reasons": metadata.table(reasons),
         "preview": metadata.table(preview),
     }
 
 
-def _reconcile_result(counts: PartitionCounts | None) -> dg.AssetCheckResult:
+def _reconcile_result(counts: PartitionCounts | None, data_lines: int) -> dg.AssetCheckResult:
     if counts is None:
         return dg.AssetCheckResult(
             check_name=RECONCILE_CHECK,
@@ -114,8 +127,9 @@ def _reconcile_result(counts: PartitionCounts | None) -> dg.AssetCheckResult:
         )
     return dg.AssetCheckResult(
         check_name=RECONCILE_CHECK,
-        passed=counts.reconciles,
+        passed=counts.reconciles and counts.rows_read == data_lines,
         metadata={
+            "data_lines": data_lines,
             "rows_read": counts.rows_read,
             "rows_valid": counts.rows_valid,
             "rows_rejected": counts.rows_rejected,

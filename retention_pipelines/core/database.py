@@ -238,7 +238,7 @@ def _unreachable(error: BaseException) -> bool:
 
 def _log_retry(url: str, window: float, state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
-    reason = str(error).strip().splitlines()[-1] if error else "no answer"
+    reason = str(error).strip().splitlines()[0] if error else "no answer"
     parts = connection_parts(url)
     log = logger.warning if state.attempt_number == 1 else logger.debug
     log(

@@ -73,6 +73,13 @@ def landing_file_names(snapshot_date: date) -> tuple[str, str]:
     return name, f"{name}.gz"
 
 
+def find_landing_file(folder: Path, snapshot_date: date) -> Path:
+    """The day's landing file in ``folder``: ``customers_D.csv``, else ``customers_D.csv.gz``
+    when only that one exists (the plain name when neither does)."""
+    plain, packed = (folder / name for name in landing_file_names(snapshot_date))
+    return packed if packed.exists() and not plain.exists() else plain
+
+
 @dataclass(frozen=True)
 class LandingFormat:
     """How landing files are written: their encoding, delimiter and longest field."""
@@ -412,15 +419,19 @@ class _Line:
 
 
 @contextmanager
-def _numbered_lines(path: Path, fmt: LandingFormat) -> Iterator[tuple[list[str], Iterator[_Line]]]:
-    """The header's Telco names, and each line after it split, or with why it cannot be."""
+def _numbered_lines(
+    path: Path, fmt: LandingFormat
+) -> Iterator[tuple[list[str], Iterator[tuple[int, str]]]]:
+    """The header's Telco names, and each line after it with its number."""
     with physical_lines(path, fmt) as lines:
         first = next(lines, None)
         header = check_header(path, first[1] if first else "", fmt)
-        yield header, (_split(number, line, header, fmt) for number, line in lines)
+        yield header, lines
 
 
 def _split(number: int, line: str, header: list[str], fmt: LandingFormat) -> _Line:
+    """One line split, or with why it cannot be (the careful path, for lines with quotes,
+    long or odd content)."""
     row_number = number - 1
     if not line.strip():
         return _Line(row_number, None)
@@ -431,10 +442,7 @@ def _split(number: int, line: str, header: list[str], fmt: LandingFormat) -> _Li
     if len(fields) != len(header):
         reason = f"fields: the row has {len(fields)} fields; the header has {len(header)}"
         return _Line(row_number, fields, [reason])
-    reasons = []
-    if len(line) > fmt.max_field_chars or _CONTROL.search(line):
-        reasons = _field_faults(fields, header, fmt.max_field_chars)
-    return _Line(row_number, fields, reasons or None)
+    return _Line(row_number, fields, _field_faults(fields, header, fmt.max_field_chars) or None)
 
 
 def _field_faults(fields: list[str], header: list[str], limit: int) -> list[str]:
@@ -449,9 +457,22 @@ def _field_faults(fields: list[str], header: list[str], limit: int) -> list[str]
 
 
 def _read_text_chunks(path: Path, chunk_rows: int, fmt: LandingFormat) -> Iterator[_ChunkText]:
+    delimiter, limit, has_control = fmt.delimiter, fmt.max_field_chars, _CONTROL.search
     with _numbered_lines(path, fmt) as (header, lines):
+        width = len(header)
         chunk = _ChunkText(header)
-        for line in lines:
+        for number, text in lines:
+            # Most lines: no quote, nothing odd, as many fields as the header.
+            if '"' not in text and len(text) <= limit and not has_control(text):
+                fields = text.split(delimiter)
+                if len(fields) == width:
+                    chunk.row_numbers.append(number - 1)
+                    chunk.records.append(fields)
+                    if len(chunk.row_numbers) >= chunk_rows:
+                        yield chunk
+                        chunk = _ChunkText(header)
+                    continue
+            line = _split(number, text, header, fmt)
             if line.fields is None:
                 chunk.blank_lines += 1
                 continue
@@ -499,9 +520,13 @@ def read_raw_records(
     (conflicting duplicates); it keeps the valid path free of per-row JSON.
     """
     found: dict[int, str] = {}
-    with _numbered_lines(path, fmt or LandingFormat()) as (header, lines):
-        for line in lines:
-            if line.row_number in row_numbers and line.fields:
+    fmt = fmt or LandingFormat()
+    with _numbered_lines(path, fmt) as (header, lines):
+        for number, text in lines:
+            if number - 1 not in row_numbers:
+                continue
+            line = _split(number, text, header, fmt)
+            if line.fields:
                 record = dict(zip(header, line.fields, strict=False))
                 found[line.row_number] = json.dumps(record, ensure_ascii=False)
                 if len(found) == len(row_numbers):
@@ -529,7 +554,9 @@ def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
 def _as_json_lines(records: pd.DataFrame) -> list[str]:
     if records.empty:
         return []
-    return records.to_json(orient="records", lines=True, force_ascii=False).splitlines()
+    # Only "\n" separates the records: JSON escapes it inside strings, not U+0085 or U+2028.
+    text = records.to_json(orient="records", lines=True, force_ascii=False)
+    return text.rstrip("\n").split("\n")
 
 
 def normalize_value(value: str | None) -> str | None:

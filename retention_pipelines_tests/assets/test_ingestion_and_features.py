@@ -1,5 +1,6 @@
 """The ingestion and dbt stages materialized in-process by Dagster, on real Postgres and dbt."""
 
+import gzip
 import shutil
 from datetime import date
 from pathlib import Path
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 DAY = "2026-01-15"
 
 
-def _resources(url: str, landing_dir: Path, **landing: float) -> dict[str, object]:
+def _resources(url: str, landing_dir: Path, **landing: object) -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(database_url=url),
         "landing": LandingResource(landing_dir=str(landing_dir), **landing),
@@ -32,7 +33,7 @@ def _build(
     landing_dir: Path,
     day: str,
     assets: tuple[object, ...] = (raw_customer_snapshot, retention_dbt_models),
-    **landing: float,
+    **landing: object,
 ) -> dg.ExecuteInProcessResult:
     """Materialize one day of the given assets on a throwaway instance; failures returned."""
     return dg.materialize(
@@ -122,3 +123,37 @@ def test_too_many_rejects_fail_the_blocking_check_and_stop_dbt(
     assert not share.passed
     assert _count(module_database_url, "raw.customer_rejects", day) == 1
     assert _count(module_database_url, "features.customer_features", day) == 0
+
+
+def test_a_gzip_landing_file_in_the_configured_format_is_ingested_and_reconciled(
+    module_database_url: str, tmp_path: Path
+) -> None:
+    day = "2026-01-22"
+    rows = [customer(n) for n in range(1, 21)] + [customer(99, MonthlyCharges="inf")]
+    source = write_rows(tmp_path / "export.csv", rows)
+    text = source.read_text().replace(",", ";").replace("\n", "\n\n")
+    tmp_path.joinpath(f"customers_{day}.csv.gz").write_bytes(gzip.compress(text.encode()))
+    result = _build(module_database_url, tmp_path, day, (raw_customer_snapshot,), delimiter=";")
+    assert result.success
+    [reconcile] = [
+        check
+        for check in result.get_asset_check_evaluations()
+        if check.check_name == "rows_reconcile"
+    ]
+    assert reconcile.passed and reconcile.metadata["data_lines"].value == 21
+    metadata = result.asset_materializations_for_node("raw_customer_snapshot")[0].metadata
+    assert metadata["blank_lines"].value == 22
+    assert _count(module_database_url, "raw.customer_rejects", day) == 1
+
+
+def test_a_refused_landing_file_fails_the_run_with_its_one_line_reason(
+    module_database_url: str, tmp_path: Path
+) -> None:
+    day = "2026-01-23"
+    _land(write_rows(tmp_path / "cols.csv", [customer(1)], header=["customerID"]), tmp_path, day)
+    result = _build(module_database_url, tmp_path, day, (raw_customer_snapshot,))
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    message = failure.step_failure_data.error.message.strip()
+    assert "header does not match the Telco columns" in message
+    assert len(message.splitlines()) == 1

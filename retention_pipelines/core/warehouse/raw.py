@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 import psycopg
@@ -56,6 +55,7 @@ class IngestionSummary:
     rows_rejected: int = 0
     duplicates_collapsed: int = 0
     conflicting_duplicate_rows: int = 0
+    blank_lines: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -90,12 +90,13 @@ def replace_snapshot_partition(
         conn.execute(_STAGE_DDL)
         for chunk in chunks:
             summary.rows_read += chunk.rows_read
+            summary.blank_lines += chunk.blank_lines
             _copy_valid(conn, chunk, snapshot_date, source)
             _copy_rejects(conn, chunk.rejects, snapshot_date, source)
             if on_chunk is not None:
                 on_chunk(summary.rows_read)
         conn.execute("analyze stage_snapshots; analyze stage_rejects")
-        summary.conflicting_duplicate_rows = _settle_duplicates(conn, summary, facts.path)
+        summary.conflicting_duplicate_rows = _settle_duplicates(conn, summary, facts)
         _replace_partition(conn, snapshot_date)
         summary.rows_valid = _count(conn, RAW_SNAPSHOTS, snapshot_date)
         summary.rows_rejected = _count(conn, RAW_REJECTS, snapshot_date)
@@ -142,7 +143,9 @@ def _pg_text_array(values: list[str]) -> str:
     return "{" + ",".join(f'"{value}"' for value in escaped) + "}"
 
 
-def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary, path: Path) -> int:
+def _settle_duplicates(
+    conn: psycopg.Connection, summary: IngestionSummary, facts: LandingFileFacts
+) -> int:
     """Collapse exact duplicates to their first row; reject every row of a conflicting id.
 
     An id is conflicting when it appears with different values, including when one of its
@@ -173,7 +176,7 @@ def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary, path
         where r.customer_id in (select customer_id from conflicting_ids)
         """
     )
-    moved = _quarantine_conflicting_valid_rows(conn, path)
+    moved = _quarantine_conflicting_valid_rows(conn, facts)
     collapsed = conn.execute(
         """
         delete from stage_snapshots later using stage_snapshots first
@@ -189,7 +192,7 @@ def _settle_duplicates(conn: psycopg.Connection, summary: IngestionSummary, path
 _CONFLICT_REASON = "'customerID: %s appears in more than one row with different values'"
 
 
-def _quarantine_conflicting_valid_rows(conn: psycopg.Connection, path: Path) -> int:
+def _quarantine_conflicting_valid_rows(conn: psycopg.Connection, facts: LandingFileFacts) -> int:
     """Move valid rows of conflicting ids to the rejects, with their records as read."""
     rows = conn.execute(
         "select source_row_number from stage_snapshots"
@@ -197,7 +200,7 @@ def _quarantine_conflicting_valid_rows(conn: psycopg.Connection, path: Path) -> 
     ).fetchall()
     if not rows:
         return 0
-    records = read_raw_records(path, {int(row[0]) for row in rows})
+    records = read_raw_records(facts.path, {int(row[0]) for row in rows}, facts.fmt)
     conn.execute(
         "create temp table conflict_records (row_number integer, record jsonb) on commit drop"
     )
