@@ -50,12 +50,13 @@ def build_snapshot(url: str, csv: Path, day: str, target_path: Path) -> None:
 def register_champion(client, test_auc: float) -> str:
     """A registered version whose training run logged ``test_roc_auc``, promoted: what the
     training stage leaves, without training (the artefact is never loaded)."""
-    import mlflow  # noqa: PLC0415
-
     from retention_pipelines.core import registry  # noqa: PLC0415
 
-    with mlflow.start_run(run_name="registered-for-a-test") as run:
-        mlflow.log_metric("test_roc_auc", test_auc)
+    # Through the client, in MLflow's default experiment: whatever experiment this process
+    # set active before (in another store) plays no part.
+    run = client.create_run("0", run_name="registered-for-a-test")
+    client.log_metric(run.info.run_id, "test_roc_auc", test_auc)
+    client.set_terminated(run.info.run_id)
     if not client.search_registered_models(f"name = '{registry.MODEL_NAME}'"):
         client.create_registered_model(registry.MODEL_NAME)
     created = client.create_model_version(

@@ -77,18 +77,27 @@ def command_line(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-def terminate(pids: Iterable[int], grace_s: float = 5.0) -> None:
-    """SIGTERM each process, and SIGKILL those still running after ``grace_s`` seconds."""
+def terminate(pids: Iterable[int], grace_s: float = 5.0, kill_wait_s: float = 2.0) -> None:
+    """SIGTERM each process, SIGKILL those still running after ``grace_s`` seconds, then
+    wait up to ``kill_wait_s`` for them to be gone (a killed process ends when it is next
+    scheduled, not at once)."""
     running = {ProcessName(socket.gethostname(), pid, _started(pid)) for pid in pids}
     for process in running:
         _signal(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while running and time.monotonic() < deadline:
-        running = {process for process in running if not is_gone(process)}
-        time.sleep(0.05)
+    running = _wait_until_gone(running, grace_s)
     for process in running:
-        if not is_gone(process):
-            _signal(process.pid, signal.SIGKILL)
+        _signal(process.pid, signal.SIGKILL)
+    _wait_until_gone(running, kill_wait_s)
+
+
+def _wait_until_gone(running: set[ProcessName], seconds: float) -> set[ProcessName]:
+    """The processes of ``running`` still there after at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    running = {process for process in running if not is_gone(process)}
+    while running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = {process for process in running if not is_gone(process)}
+    return running
 
 
 def _signal(pid: int, number: signal.Signals) -> None:
