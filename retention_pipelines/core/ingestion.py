@@ -253,15 +253,15 @@ _FILE_KINDS: Final = (
 
 def _check_kind_and_size(path: Path, max_bytes: int) -> None:
     try:
-        mode = path.stat().st_mode
+        status = path.stat()
     except FileNotFoundError as error:
         raise LandingFileError(path, "missing file", "no landing file at this path") from error
     except PermissionError as error:
         raise LandingFileError(path, "unreadable file", "permission denied") from error
     for is_kind, kind in _FILE_KINDS:
-        if is_kind(mode):
+        if is_kind(status.st_mode):
             raise LandingFileError(path, "not a regular file", f"the path is {kind}")
-    size = path.stat().st_size
+    size = status.st_size
     if size == 0:
         raise LandingFileError(path, "empty file", "the file has no bytes")
     if size > max_bytes:
