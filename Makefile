@@ -11,7 +11,7 @@ PYTHON ?= python3.11
 RUN := $(UV) run --frozen
 PORT ?= 3000
 
-.PHONY: help install demo dev mlflow test lint format db-upgrade db-stop clean
+.PHONY: help install demo dev mlflow serve test lint format db-upgrade db-stop clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ dev: install ## Serve the Dagster UI (webserver and daemon) on the local instanc
 mlflow: install ## MLflow UI on :5000 over the platform's registry (backend store in Postgres)
 	store="$$($(RUN) retention model tracking-uri --show-password)" && \
 	MLFLOW_BACKEND_STORE_URI="$$store" $(RUN) mlflow ui --port 5000
+
+serve: install ## Serve the prediction API on :8000 (RETENTION_API_* settings; docs at /docs)
+	$(RUN) retention serve
 
 test: install ## Run the whole test suite against real Postgres and real dbt (PYTEST_ARGS=… narrows it)
 	$(RUN) pytest $(PYTEST_ARGS)

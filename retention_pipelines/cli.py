@@ -463,8 +463,8 @@ def db_stop() -> None:
 
 
 def _tracking_uri() -> str:
+    from retention_pipelines.core.database import settings_database_url  # noqa: PLC0415
     from retention_pipelines.core.registry import mlflow_tracking_uri  # noqa: PLC0415
-    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
     settings = get_settings()
     return mlflow_tracking_uri(settings_database_url(settings), settings.mlflow_database)
@@ -624,8 +624,8 @@ def _run_with_progress(
 
 def _fail_abandoned_runs() -> None:
     """Mark failed the runs of this host whose process was killed, one line each."""
+    from retention_pipelines.core.database import settings_database_url  # noqa: PLC0415
     from retention_pipelines.local_runs import fail_abandoned_runs, local_instance  # noqa: PLC0415
-    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
     settings = get_settings()
     settings_database_url(settings)  # the server found and ready, as every command finds it
@@ -662,8 +662,8 @@ def train(
     Runs `retrain_job` on the local Dagster instance: tunes, registers a challenger, and the
     gate decides whether it becomes the champion. The run shows in the UI afterwards.
     """
+    from retention_pipelines.core.database import settings_database_url  # noqa: PLC0415
     from retention_pipelines.core.warehouse.features import labelled_dates  # noqa: PLC0415
-    from retention_pipelines.resources import settings_database_url  # noqa: PLC0415
 
     _fail_abandoned_runs()
     settings = get_settings()
@@ -787,3 +787,132 @@ def _print_report(report: DemoReport) -> None:
     )
     if report.log_path is not None:
         console.print(f"log: {report.log_path}")
+
+
+# --- the prediction API ------------------------------------------------------------------------
+
+api_key_app = typer.Typer(help="Keys of the prediction API (stored hashed in ops.api_keys).")
+app.add_typer(api_key_app, name="api-key")
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        help="What the key may do: predict (POST /v1/predict...), read (GET /v1/customers/...). "
+        "Repeat for both. Default: predict.",
+    ),
+]
+
+
+@api_key_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. crm-prod.")],
+    scope: ScopeOption = None,
+) -> None:
+    """Create a key and print it once: only its hash is kept."""
+    from retention_pipelines.core import api_keys  # noqa: PLC0415
+
+    scopes = tuple(scope or ["predict"])
+    url = database.settings_database_url(get_settings())
+    try:
+        raw_key, key = api_keys.create_key(url, name, scopes, actor=f"cli:{getpass.getuser()}")
+    except api_keys.ApiKeyError as error:
+        console.print(f"[red]cannot create the key: {error}[/red]", highlight=False)
+        raise typer.Exit(1) from error
+    console.print(
+        f"key {key.name!r} (id {key.key_id}, scopes {', '.join(sorted(key.scopes))}); "
+        "shown once, keep it now:",
+        highlight=False,
+    )
+    print(raw_key)
+
+
+@api_key_app.command("list")
+def api_key_list(
+    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked keys.")] = False,
+) -> None:
+    """The keys, without the keys themselves."""
+    from retention_pipelines.core import api_keys  # noqa: PLC0415
+
+    url = database.settings_database_url(get_settings())
+    table = Table(title="API keys")
+    for column in ("id", "name", "scopes", "prefix", "created", "by", "revoked"):
+        table.add_column(column)
+    for key in api_keys.list_keys(url, include_revoked=revoked):
+        table.add_row(
+            str(key.key_id), key.name, ", ".join(key.scopes), f"{key.prefix}…",
+            f"{key.created_at:%Y-%m-%d %H:%M}", key.created_by,
+            f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key: the API refuses it within RETENTION_API_KEY_REFRESH_S seconds."""
+    from retention_pipelines.core import api_keys  # noqa: PLC0415
+
+    url = database.settings_database_url(get_settings())
+    try:
+        key_id = api_keys.revoke_key(url, name, actor=f"cli:{getpass.getuser()}")
+    except api_keys.ApiKeyError as error:
+        console.print(f"[red]cannot revoke: {error}[/red]", highlight=False)
+        raise typer.Exit(1) from error
+    settings = get_settings()
+    console.print(
+        f"key {name!r} (id {key_id}) revoked; the API refuses it within "
+        f"{settings.api_key_refresh_s:g} s",
+        highlight=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (RETENTION_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RETENTION_API_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (RETENTION_API_WORKERS).")
+    ] = None,
+) -> None:
+    """Serve the prediction API (FastAPI on uvicorn); OpenAPI docs at /docs."""
+    import tempfile  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    settings = get_settings()
+    # Prepare the warehouse once here, not in every worker at the same moment.
+    database.settings_database_url(settings)
+    metrics_dir = tempfile.mkdtemp(prefix="retention-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports the client
+    if settings.api_metrics_port is not None:
+        _serve_metrics(settings.api_metrics_port, host or settings.api_host)
+    bind_host, bind_port = host or settings.api_host, port or settings.api_port
+    count = workers or settings.api_workers
+    console.print(
+        f"prediction API on http://{bind_host}:{bind_port} ({count} worker"
+        f"{'s' if count > 1 else ''}); docs at /docs",
+        highlight=False,
+    )
+    try:
+        uvicorn.run(
+            "retention_pipelines.serving.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=count,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_metrics(port: int, host: str) -> None:
+    """/metrics of every worker on a port of its own (RETENTION_API_METRICS_PORT)."""
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client import multiprocess as prometheus_multiprocess  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+    console.print(f"metrics on http://{host}:{port}/metrics", highlight=False)

@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from retention_pipelines.core.database import settings_database_url
 from retention_pipelines.core.ingestion import landing_file_name
 from retention_pipelines.core.warehouse.features import count_features
 from retention_pipelines.core.warehouse.raw import PartitionCounts, partition_counts
 from retention_pipelines.local_runs import RunOutcome, RunProgress, local_instance, run_job
-from retention_pipelines.resources import settings_database_url
 from retention_pipelines.settings import RetentionSettings
 
 DEMO_JOB = "daily_snapshot_job"

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from threading import Lock
 from typing import Any
 
 import dagster as dg
@@ -27,14 +26,12 @@ from mlflow import MlflowClient
 from pydantic import Field, PrivateAttr
 
 from retention_pipelines.core import database
+from retention_pipelines.core.database import prepared_database_url
 from retention_pipelines.core.drift import DriftConfig
 from retention_pipelines.core.ingestion import LandingFormat, find_landing_file
 from retention_pipelines.core.registry import mlflow_tracking_uri
 from retention_pipelines.core.scoring import RiskBands
 from retention_pipelines.settings import RetentionSettings
-
-_upgraded: set[str] = set()
-_upgrade_lock = Lock()
 
 
 def _default(name: str) -> Any:
@@ -66,30 +63,6 @@ class _SettingsResource(dg.ConfigurableResource):
             if isinstance(extra, dict) and _SETTING in extra and name not in values:
                 values[name] = getattr(settings, str(extra[_SETTING]))
         return cls(**values)
-
-
-def prepared_database_url(
-    database_url: str | None, *, home_dir: Path, reader: database.ReaderRole
-) -> str:
-    """The warehouse URL (``database_url``, or the embedded server under ``home_dir``),
-    migrated and with its reader role ready (its settings re-asserted), once per process."""
-    url = database.resolve_database_url(database_url, home_dir / "pgdata")
-    with _upgrade_lock:
-        if url not in _upgraded:
-            database.upgrade(url)
-            database.ensure_reader_role(url, reader)
-            _upgraded.add(url)
-    return url
-
-
-def settings_database_url(settings: RetentionSettings) -> str:
-    """:func:`prepared_database_url` of the process's settings (the command line's way)."""
-    database.set_connect_retry(settings.db_connect_retry_s)
-    return prepared_database_url(
-        settings.database_url,
-        home_dir=settings.home_dir,
-        reader=database.reader_role_of(settings),
-    )
 
 
 class WarehouseResource(dg.ConfigurableResource):

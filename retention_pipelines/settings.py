@@ -229,6 +229,68 @@ class RetentionSettings(BaseSettings):
         description="Realised ROC AUC this far below the champion's test AUC triggers retraining.",
     )
 
+    api_host: str = Field(default="127.0.0.1", description="Address `retention serve` binds.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port of the prediction API.")
+    api_workers: int = Field(default=1, ge=1, description="Worker processes of the API.")
+    api_max_batch: int = Field(
+        default=1000, ge=1, description="Customers one /v1/predict/batch request may hold."
+    )
+    api_max_body_bytes: int = Field(
+        default=2_000_000, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    api_model_poll_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the API reads the model aliases and loads a version that moved.",
+    )
+    api_challenger_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of customers (by a stable hash of their id) answered by @challenger "
+            "instead of @champion: an A/B test. 0: none."
+        ),
+    )
+    api_shadow: bool = Field(
+        default=False,
+        description="Also score every request with @challenger and log it, without returning it.",
+    )
+    api_rate_limit: str = Field(
+        default="600/minute",
+        description="Requests per API key, e.g. 600/minute or 10/second (limits' notation).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for rate limits shared by every API worker; unset: per process.",
+    )
+    api_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port only (unset: on the API's own port).",
+    )
+    api_cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins CORS allows, as JSON (e.g. ["https://crm.example.com"]); none: off.',
+    )
+    api_key_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the API re-reads the API keys: a revoked key fails within this.",
+    )
+    api_log_queue_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Prediction-log rows held while Postgres is slow or down; more are dropped.",
+    )
+    api_log_batch_rows: int = Field(
+        default=5_000, ge=1, description="Prediction-log rows copied per COPY at most."
+    )
+    api_log_flush_s: float = Field(
+        default=1.0, gt=0, description="Longest wait before queued prediction-log rows are copied."
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:
         if self.risk_medium_threshold >= self.risk_high_threshold:

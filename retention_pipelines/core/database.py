@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from contextlib import suppress
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -208,7 +209,7 @@ def set_connect_retry(seconds: float) -> None:
 
 
 def connect(
-    url: str, *, autocommit: bool = False, retry_s: float | None = None
+    url: str, *, autocommit: bool = False, retry_s: float | None = None, **options: Any
 ) -> psycopg.Connection[TupleRow]:
     """A connection to ``url``; while the server cannot be reached (down, restarting, failing
     over, out of connection slots) it is tried again with growing waits, for ``retry_s``
@@ -216,7 +217,8 @@ def connect(
 
     Only opening a connection is retried. A statement that fails on an open connection fails
     its transaction, which rolls back whole; whether to run the work again is the caller's
-    decision (Dagster's retry policy of the step, for the assets).
+    decision (Dagster's retry policy of the step, for the assets). ``options`` go to
+    ``psycopg.connect`` (e.g. ``connect_timeout``).
     """
     window = _connect_retry_s if retry_s is None else retry_s
     retrying = Retrying(
@@ -226,7 +228,7 @@ def connect(
         before_sleep=lambda state: _log_retry(url, window, state),
         reraise=True,
     )
-    return retrying(psycopg.connect, url, autocommit=autocommit)
+    return retrying(psycopg.connect, url, autocommit=autocommit, **options)
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -350,7 +352,7 @@ def current_version(url: str) -> int:
 # (roles are cluster-wide, advisory locks are per database) and in the warehouse for its grants.
 READER_ROLE_LOCK_KEY = 0x52454144
 # The schemas the reader must never see, whatever was granted before.
-PRIVATE_SCHEMAS = ("raw", "staging", "features", "ml", "monitoring")
+PRIVATE_SCHEMAS = ("raw", "staging", "features", "ml", "monitoring", "ops")
 # dbt writes `grant select ... to <role>` unquoted, so the name must need no quoting.
 _PLAIN_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _READER_GRANTS = (
@@ -566,3 +568,39 @@ def _grant_analytics_only(url: str, role: str) -> None:
                 "revoke all on schema {schema} from {role}",
             ):
                 conn.execute(sql.SQL(statement).format(schema=sql.Identifier(schema), role=name))
+
+
+# --- the warehouse as a process finds it ---------------------------------------------------
+
+_upgraded: set[str] = set()
+_upgrade_lock = threading.Lock()
+
+
+def prepared_database_url(database_url: str | None, *, home_dir: Path, reader: ReaderRole) -> str:
+    """The warehouse URL (``database_url``, or the embedded server under ``home_dir``),
+    migrated and with its reader role ready (its settings re-asserted), once per process."""
+    url = resolve_database_url(database_url, home_dir / "pgdata")
+    with _upgrade_lock:
+        if url not in _upgraded:
+            upgrade(url)
+            ensure_reader_role(url, reader)
+            _upgraded.add(url)
+    return url
+
+
+def settings_database_url(settings: RetentionSettings) -> str:
+    """:func:`prepared_database_url` of the process's settings (the command line's way)."""
+    set_connect_retry(settings.db_connect_retry_s)
+    return prepared_database_url(
+        settings.database_url,
+        home_dir=settings.home_dir,
+        reader=reader_role_of(settings),
+    )
+
+
+def with_login(url: str, user: str, password: str) -> str:
+    """The same server and database, logged in as ``user`` with ``password``."""
+    parts = urlsplit(url)
+    address = parts.netloc.rpartition("@")[2]
+    credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{address}"))

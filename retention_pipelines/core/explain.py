@@ -89,3 +89,11 @@ def top_reasons(
             ]
         )
     return reasons
+
+
+_FEATURE_OF_LABEL: Final[dict[str, str]] = {label: name for name, label in FEATURE_LABELS.items()}
+
+
+def feature_of(reason: str) -> str | None:
+    """The contract's column a reason's text names ("Contract: Month-to-month" -> contract)."""
+    return _FEATURE_OF_LABEL.get(reason.partition(":")[0])

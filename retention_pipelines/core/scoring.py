@@ -9,7 +9,7 @@ scored and explained in one pass over the encodings, and copied into the table a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -133,17 +133,56 @@ def _top_features(contributions: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-contributions, axis=1, kind="stable")[:, :k]
 
 
-def reason_texts(features: pd.DataFrame, picks: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+def reason_texts(
+    features: pd.DataFrame | Mapping[str, np.ndarray], picks: np.ndarray, columns: tuple[str, ...]
+) -> np.ndarray:
     """Per row, the picked column (a position in ``columns``) and its value as a person reads
     it ("Contract: Month-to-month"). Each distinct value of a column is described once."""
-    texts = np.empty(len(features), dtype=object)
+    texts = np.empty(len(picks), dtype=object)
     for position in np.unique(picks):
         feature = columns[position]
         rows = np.flatnonzero(picks == position)
-        codes, values = pd.factorize(features[feature].iloc[rows], use_na_sentinel=False)
+        column = features[feature]
+        picked = column.iloc[rows] if isinstance(column, pd.Series) else np.asarray(column)[rows]
+        codes, values = pd.factorize(picked, use_na_sentinel=False)
         described = np.array([describe(feature, value) for value in values], dtype=object)
         texts[rows] = described[codes]
     return texts
+
+
+@dataclass(frozen=True)
+class LiveScores:
+    """Customers scored on request, row-aligned with the input: what the API answers."""
+
+    probabilities: np.ndarray
+    bands: np.ndarray
+    reason_features: np.ndarray  # rows x REASONS, the contract's column names
+    reason_texts: np.ndarray  # rows x REASONS, "Contract: Month-to-month"
+    contributions: np.ndarray  # rows x REASONS, signed log-odds
+
+
+def score_live(
+    model: ChurnModel, features: pd.DataFrame | Mapping[str, np.ndarray], bands: RiskBands
+) -> LiveScores:
+    """Probability, band and the three strongest reasons of each row, with exact TreeSHAP for
+    every row (a request is a few customers: exactness costs nothing there), in the same
+    order and words as the nightly scores."""
+    scored = model.score(features, exact_from=None)
+    probabilities = np.clip(scored.probabilities, 0.0, 1.0)
+    picks = _top_features(scored.contributions, REASONS)
+    rows = np.arange(len(probabilities))
+    names = np.asarray(model.columns, dtype=object)
+    return LiveScores(
+        probabilities=probabilities,
+        bands=bands.assign(scored.probabilities),
+        reason_features=names[picks],
+        reason_texts=np.column_stack(
+            [reason_texts(features, picks[:, rank], model.columns) for rank in range(REASONS)]
+        ),
+        contributions=np.column_stack(
+            [scored.contributions[rows, picks[:, rank]] for rank in range(REASONS)]
+        ),
+    )
 
 
 # --- Scoring a date. ---

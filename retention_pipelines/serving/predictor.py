@@ -1,0 +1,175 @@
+"""From customers as sent to answers: validated by the ingestion's rules, turned into the
+feature contract in Python (the parity test holds it to dbt's), routed to a variant, and
+scored with reasons. Plain Python over ``core``; the routes only translate."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retention_pipelines.core.features import customer_features
+from retention_pipelines.core.ingestion import validate_records
+from retention_pipelines.core.schemas import TELCO_COLUMNS
+from retention_pipelines.core.scoring import LiveScores, RiskBands, score_live
+from retention_pipelines.core.warehouse.prediction_log import LoggedPrediction
+from retention_pipelines.serving.models import (
+    LoadedModel,
+    ModelHolder,
+    Variant,
+    in_challenger_share,
+)
+
+_TELCO_NAMES = frozenset(TELCO_COLUMNS)
+
+
+class NoModelError(RuntimeError):
+    """No champion is loaded: the API cannot answer yet."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One customer's answer from one model."""
+
+    index: int
+    customer_id: str
+    probability: float
+    band: str
+    reasons: list[tuple[str, str, float]]  # feature, text, contribution
+    model: LoadedModel
+    served: bool = True
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str | None  # the landing column, None for a rule across columns
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answers: list[Answer]
+    errors: dict[int, list[FieldError]]
+    shadow: list[Answer]
+
+
+@dataclass
+class Predictor:
+    holder: ModelHolder
+    bands: RiskBands
+    challenger_share: float = 0.0
+    shadow: bool = False
+    max_field_chars: int = 4096
+
+    def predict(self, records: Sequence[Mapping[str, Any]]) -> Outcome:
+        """Answer every valid record; report every invalid one by its position."""
+        champion = self.holder.champion
+        if champion is None:
+            raise NoModelError("no champion model is loaded yet")
+        validated = validate_records(records, max_field_chars=self.max_field_chars)
+        errors = {index: field_errors(reasons) for index, reasons in validated.reasons.items()}
+        if validated.valid.empty:
+            return Outcome([], errors, [])
+        features = customer_features(validated.valid)
+        challenger = self.holder.challenger
+        routed = self._route(features, champion, challenger)
+        answers: list[Answer] = []
+        for loaded, rows in routed:
+            answers += _answers(loaded, features.loc[rows], self.bands)
+        answers.sort(key=lambda answer: answer.index)
+        shadow: list[Answer] = []
+        if self.shadow and challenger is not None:
+            answered_by_champion = [a.index for a in answers if a.model is champion]
+            if answered_by_champion:
+                shadow = _answers(
+                    challenger, features.loc[answered_by_champion], self.bands, served=False
+                )
+        return Outcome(answers, errors, shadow)
+
+    def _route(
+        self, features: pd.DataFrame, champion: LoadedModel, challenger: LoadedModel | None
+    ) -> list[tuple[LoadedModel, list[int]]]:
+        if challenger is None or self.challenger_share <= 0:
+            return [(champion, list(features.index))]
+        to_challenger = np.array(
+            [in_challenger_share(cid, self.challenger_share) for cid in features["customer_id"]],
+            dtype=bool,
+        )
+        index = np.asarray(features.index)
+        groups = [(champion, list(index[~to_challenger])), (challenger, list(index[to_challenger]))]
+        return [(loaded, rows) for loaded, rows in groups if rows]
+
+
+def _answers(
+    loaded: LoadedModel, features: pd.DataFrame, bands: RiskBands, *, served: bool = True
+) -> list[Answer]:
+    scores: LiveScores = score_live(loaded.model, features, bands)
+    ids = features["customer_id"].tolist()
+    return [
+        Answer(
+            index=int(index),
+            customer_id=str(ids[row]),
+            probability=float(scores.probabilities[row]),
+            band=str(scores.bands[row]),
+            reasons=[
+                (
+                    str(scores.reason_features[row, rank]),
+                    str(scores.reason_texts[row, rank]),
+                    float(scores.contributions[row, rank]),
+                )
+                for rank in range(scores.contributions.shape[1])
+            ],
+            model=loaded,
+            served=served,
+        )
+        for row, index in enumerate(features.index)
+    ]
+
+
+def field_errors(reasons: list[str]) -> list[FieldError]:
+    """Ingestion's reasons with the landing column each names ("tenure: 'x' is not an
+    integer" names ``tenure``); a rule across columns names none."""
+    found = []
+    for reason in reasons:
+        column, _, _ = reason.partition(":")
+        found.append(FieldError(column if column in _TELCO_NAMES else None, reason))
+    return found
+
+
+def log_rows(
+    request_id: uuid.UUID,
+    answers: Sequence[Answer],
+    *,
+    started: float,
+    api_key_id: int | None,
+) -> list[LoggedPrediction]:
+    """The prediction-log rows of a request's answers (served and shadow)."""
+    now = datetime.now(UTC)
+    latency_ms = (time.perf_counter() - started) * 1000
+    return [
+        LoggedPrediction(
+            request_id=request_id,
+            row_index=answer.index,
+            predicted_at=now,
+            customer_id=answer.customer_id,
+            variant=answer.model.variant,
+            served=answer.served,
+            model_name=answer.model.name,
+            model_version=answer.model.version,
+            churn_probability=answer.probability,
+            risk_band=answer.band,
+            latency_ms=latency_ms,
+            api_key_id=api_key_id,
+        )
+        for answer in answers
+    ]
+
+
+def variants_of(answers: Sequence[Answer]) -> list[Variant]:
+    return sorted({answer.model.variant for answer in answers})
