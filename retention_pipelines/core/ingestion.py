@@ -18,7 +18,7 @@ import json
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -539,8 +539,7 @@ def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
     text = pd.DataFrame(chunk.records, columns=chunk.header, dtype=object)
     text.index = pd.Index(chunk.row_numbers, name="row_number")
     text = text[list(TELCO_COLUMNS)]
-    typed, reasons = convert_text_rows(text)
-    _add_schema_failures(typed, reasons)
+    typed, reasons = validate_text_frame(text)
     rejected_rows = sorted(reasons)
     valid = typed.drop(index=rejected_rows)
     rejects = _reject_frame(text, reasons, rejected_rows)
@@ -549,6 +548,146 @@ def validate_text_rows(chunk: _ChunkText) -> ValidatedChunk:
     return ValidatedChunk(
         valid=valid, rejects=rejects, rows_read=chunk.rows_read, blank_lines=chunk.blank_lines
     )
+
+
+def validate_text_frame(text: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Normalize, convert and validate rows of text (the Telco columns, one row per record):
+    every row typed as the raw table's, and every reason of each row that fails, keyed by the
+    frame's index. The one path a landing file's rows and the API's records both take."""
+    typed, reasons = convert_text_rows(text)
+    _add_schema_failures(typed, reasons)
+    return typed, reasons
+
+
+@dataclass(frozen=True)
+class ValidatedRecords:
+    """Records validated as a landing file's rows are: the rows that passed and why the others
+    failed, each keyed by the record's position in the input."""
+
+    valid: pd.DataFrame  # CustomerSnapshotSchema's columns and types, as ingestion's valid rows
+    reasons: dict[int, list[str]]  # position -> every reason, in ingestion's words
+
+
+_TELCO_KEYS: Final = frozenset(TELCO_COLUMNS)
+_TELCO_KEYS_WITHOUT_CHURN: Final = _TELCO_KEYS - {"Churn"}
+
+
+def validate_records(
+    records: Sequence[Mapping[str, object]], *, max_field_chars: int = 4096
+) -> ValidatedRecords:
+    """Validate customers sent as objects in the landing file's shape (the API's input) by the
+    landing file's rules, with its messages, so that a customer the nightly ingestion would
+    reject is rejected live for the same reasons.
+
+    Keys match the Telco column names as a landing file's header does, without case and
+    whitespace (``Customer Id`` is ``customerID``); an unknown key, or two keys naming one
+    column, is a reason of its own, and the record's values are validated all the same. A
+    column left out is a missing value, as a blank field is in a file: so Churn may be left
+    out, and so may TotalCharges at tenure 0. Each value becomes the text a CSV field would
+    carry (None: blank; ``12``: ``"12"``; ``29.85``: ``"29.85"``, never in exponent form;
+    ``true``/``false``: ``"true"``/``"false"``, which a file's Yes/No and SeniorCitizen columns
+    accept and its number columns refuse), then takes the file's path: field faults (control
+    characters, fields over ``max_field_chars``) reject a record with those reasons alone, as
+    they reject a line; the other records are normalized, converted and validated together.
+    A record that is not a mapping is rejected with one reason.
+    """
+    text, reasons = _records_as_text(records)
+    faults = _record_field_faults(text, max_field_chars)
+    typed, value_reasons = validate_text_frame(text.drop(index=list(faults)))
+    for position, found in (faults | value_reasons).items():
+        reasons.setdefault(position, []).extend(found)
+    valid = typed[~typed.index.isin(list(reasons))]
+    return ValidatedRecords(valid=valid, reasons=dict(sorted(reasons.items())))
+
+
+def _records_as_text(
+    records: Sequence[Mapping[str, object]],
+) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """The records as a frame of CSV text in the Telco columns (index: position), and the
+    reasons found in their keys; a record that is not a mapping has a reason and no row."""
+    rows: list[Mapping[str, object]] = []
+    positions: list[int] = []
+    reasons: dict[int, list[str]] = {}
+    for position, record in enumerate(records):
+        if type(record) is dict:  # what JSON gives: checked first, isinstance costs more
+            row = record
+        elif isinstance(record, Mapping):
+            row = dict(record)
+        else:
+            reasons[position] = [
+                f"record: {type(record).__name__}, not an object keyed by the Telco columns"
+            ]
+            continue
+        if row.keys() not in (_TELCO_KEYS, _TELCO_KEYS_WITHOUT_CHURN):
+            row, key_reasons = _aligned_record(record)
+            if key_reasons:
+                reasons[position] = key_reasons
+        rows.append(row)
+        positions.append(position)
+    text = pd.DataFrame(rows, columns=list(TELCO_COLUMNS), dtype=object)
+    text.index = pd.Index(positions, dtype="int64", name="position")
+    for column in TELCO_COLUMNS:
+        values = text[column]
+        if pd.api.types.infer_dtype(values, skipna=True) not in {"string", "empty"}:
+            text[column] = [_csv_text(value) for value in values]
+    return text, reasons
+
+
+def _aligned_record(record: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:
+    """The record keyed by the Telco names its keys match, and what is wrong with its keys."""
+    aligned: dict[str, object] = {}
+    named: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for key, value in record.items():
+        column = _TELCO_BY_CANONICAL.get(canonical_header_name(str(key)))
+        if column is None:
+            unknown.append(str(key))
+            continue
+        named.setdefault(column, []).append(str(key))
+        aligned.setdefault(column, value)
+    reasons = [f"unknown column {shown(key)}" for key in unknown]
+    reasons += [
+        f"{column}: named more than once, as {shown_names(keys)}"
+        for column, keys in named.items()
+        if len(keys) > 1
+    ]
+    return aligned, reasons
+
+
+def _csv_text(value: object) -> str | None:
+    """The text a landing file's field would carry for a JSON value."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        # repr is the shortest text that reads back as the same float ("29.85"); "nan" (what
+        # pandas fills an absent key with) is a null token, as in a file.
+        text = float.__repr__(value)  # numpy's floats repr as np.float64(...)
+        return np.format_float_positional(value, trim="-") if "e" in text else text
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)  # an int as Python writes it, anything else as it prints
+
+
+def _record_field_faults(text: pd.DataFrame, limit: int) -> dict[int, list[str]]:
+    """The field faults of each record that has any, worded and ordered as a line's are; all
+    values are searched at once first, so a clean batch costs no per-record work."""
+    every_value = [value for value in text.to_numpy().ravel().tolist() if isinstance(value, str)]
+    if not _CONTROL.search("".join(every_value)) and max(map(len, every_value), default=0) <= limit:
+        return {}  # the usual batch: nothing odd anywhere
+    suspects = np.zeros(len(text), dtype=bool)
+    for column in TELCO_COLUMNS:
+        suspects |= [
+            isinstance(value, str) and (len(value) > limit or _CONTROL.search(value) is not None)
+            for value in text[column].tolist()
+        ]
+    header = list(TELCO_COLUMNS)
+    faults: dict[int, list[str]] = {}
+    for position, *values in text[suspects].itertuples(name=None):
+        fields = [value if isinstance(value, str) else "" for value in values]
+        faults[int(position)] = _field_faults(fields, header, limit)
+    return faults
 
 
 def _as_json_lines(records: pd.DataFrame) -> list[str]:
