@@ -6,7 +6,7 @@ becomes a row error with a reason, never an exception.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import pandas as pd
 import pandera.pandas as pa
@@ -99,6 +99,26 @@ def _category(column: str, *, nullable: bool = False) -> pa.Field:  # type: igno
     return pa.Field(isin=list(CATEGORIES[column]), nullable=nullable)
 
 
+# The rules across columns, written once for a frame (the schema's checks, a Series of
+# booleans) and for one record (a dict of values, a boolean): the API's one-record path
+# (``core.records``) applies the same functions.
+def phone_lines_agree(row: Any) -> Any:
+    """MultipleLines is 'No phone service' exactly when PhoneService is No."""
+    return (row["multiple_lines"] == NO_PHONE) == (row["phone_service"] == "No")
+
+
+def internet_add_ons_agree(row: Any) -> Any:
+    """The add-on services are 'No internet service' exactly when there is no internet."""
+    no_internet = row["internet_service"] == "No"
+    agree: Any = True
+    for column in ADD_ON_COLUMNS:
+        agree = agree & ((row[column] == NO_INTERNET) == no_internet)
+    return agree
+
+
+ROW_RULES: Final = (phone_lines_agree, internet_add_ons_agree)
+
+
 class CustomerSnapshotSchema(pa.DataFrameModel):
     """A valid row of ``raw.customer_snapshots`` (before the partition columns are added)."""
 
@@ -130,15 +150,11 @@ class CustomerSnapshotSchema(pa.DataFrameModel):
 
     @pa.dataframe_check(name="MultipleLines is 'No phone service' exactly when PhoneService is No")
     def phone_lines_agree(cls, frame: pd.DataFrame) -> pd.Series:  # noqa: N805
-        return (frame["multiple_lines"] == NO_PHONE) == (frame["phone_service"] == "No")
+        return phone_lines_agree(frame)
 
     @pa.dataframe_check(name="add-on services are 'No internet service' exactly when there is none")
     def internet_add_ons_agree(cls, frame: pd.DataFrame) -> pd.Series:  # noqa: N805
-        no_internet = frame["internet_service"] == "No"
-        agree = pd.Series(True, index=frame.index)
-        for column in ADD_ON_COLUMNS:
-            agree &= (frame[column] == NO_INTERNET) == no_internet
-        return agree
+        return internet_add_ons_agree(frame)
 
 
 CustomerSnapshots = DataFrame[CustomerSnapshotSchema]

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from retention_pipelines.core.features import customer_features
+from retention_pipelines.core.features import feature_columns
 from retention_pipelines.core.ingestion import validate_records
+from retention_pipelines.core.records import quick_valid_row
 from retention_pipelines.core.schemas import TELCO_COLUMNS
 from retention_pipelines.core.scoring import LiveScores, RiskBands, score_live
 from retention_pipelines.core.warehouse.prediction_log import LoggedPrediction
@@ -72,48 +72,87 @@ class Predictor:
         champion = self.holder.champion
         if champion is None:
             raise NoModelError("no champion model is loaded yet")
-        validated = validate_records(records, max_field_chars=self.max_field_chars)
-        errors = {index: field_errors(reasons) for index, reasons in validated.reasons.items()}
-        if validated.valid.empty:
+        positions, rows, errors = self._validate(records)
+        if not rows:
             return Outcome([], errors, [])
-        features = customer_features(validated.valid)
+        features = feature_columns({column: [row[column] for row in rows] for column in rows[0]})
         challenger = self.holder.challenger
-        routed = self._route(features, champion, challenger)
         answers: list[Answer] = []
-        for loaded, rows in routed:
-            answers += _answers(loaded, features.loc[rows], self.bands)
+        for loaded, picked in self._route(features, champion, challenger):
+            answers += _answers(loaded, _rows(features, picked), positions[picked], self.bands)
         answers.sort(key=lambda answer: answer.index)
         shadow: list[Answer] = []
         if self.shadow and challenger is not None:
-            answered_by_champion = [a.index for a in answers if a.model is champion]
-            if answered_by_champion:
+            by_champion = np.array([a.model is champion for a in answers], dtype=bool)
+            if by_champion.any():
                 shadow = _answers(
-                    challenger, features.loc[answered_by_champion], self.bands, served=False
-                )
+                    challenger, _rows(features, by_champion), positions[by_champion],
+                    self.bands, served=False,
+                )  # fmt: skip
         return Outcome(answers, errors, shadow)
 
+    def _validate(
+        self, records: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, list[dict[str, Any]], dict[int, list[FieldError]]]:
+        """The valid records typed as raw rows (with their positions) and the others' errors.
+
+        Each record first takes the quick path (:func:`quick_valid_row`); those it does not
+        vouch for take the ingestion's full path, which decides and words the reasons."""
+        quick = [
+            quick_valid_row(record, self.max_field_chars) if isinstance(record, dict) else None
+            for record in records
+        ]
+        slow = [position for position, row in enumerate(quick) if row is None]
+        errors: dict[int, list[FieldError]] = {}
+        if slow:
+            validated = validate_records(
+                [records[p] for p in slow], max_field_chars=self.max_field_chars
+            )
+            for index, reasons in validated.reasons.items():
+                errors[slow[index]] = field_errors(reasons)
+            valid = validated.valid.astype(object).where(validated.valid.notna(), None)
+            for index, row in zip(valid.index, valid.to_dict("records"), strict=True):
+                quick[slow[int(index)]] = row
+        positions = [position for position, row in enumerate(quick) if row is not None]
+        rows = [row for row in quick if row is not None]
+        return np.asarray(positions, dtype=np.int64), rows, errors
+
     def _route(
-        self, features: pd.DataFrame, champion: LoadedModel, challenger: LoadedModel | None
-    ) -> list[tuple[LoadedModel, list[int]]]:
+        self, features: dict[str, np.ndarray], champion: LoadedModel, challenger: LoadedModel | None
+    ) -> list[tuple[LoadedModel, np.ndarray]]:
+        """Which rows each variant answers: by a stable hash of the customer id."""
+        every = np.ones(len(features["customer_id"]), dtype=bool)
         if challenger is None or self.challenger_share <= 0:
-            return [(champion, list(features.index))]
+            return [(champion, every)]
         to_challenger = np.array(
-            [in_challenger_share(cid, self.challenger_share) for cid in features["customer_id"]],
+            [
+                in_challenger_share(str(cid), self.challenger_share)
+                for cid in features["customer_id"]
+            ],
             dtype=bool,
         )
-        index = np.asarray(features.index)
-        groups = [(champion, list(index[~to_challenger])), (challenger, list(index[to_challenger]))]
-        return [(loaded, rows) for loaded, rows in groups if rows]
+        groups = [(champion, ~to_challenger), (challenger, to_challenger)]
+        return [(loaded, rows) for loaded, rows in groups if rows.any()]
+
+
+def _rows(features: dict[str, np.ndarray], picked: np.ndarray) -> dict[str, np.ndarray]:
+    return {column: values[picked] for column, values in features.items()}
 
 
 def _answers(
-    loaded: LoadedModel, features: pd.DataFrame, bands: RiskBands, *, served: bool = True
+    loaded: LoadedModel,
+    features: dict[str, np.ndarray],
+    positions: np.ndarray,
+    bands: RiskBands,
+    *,
+    served: bool = True,
 ) -> list[Answer]:
     scores: LiveScores = score_live(loaded.model, features, bands)
-    ids = features["customer_id"].tolist()
+    ids = features["customer_id"]
+    reasons = scores.contributions.shape[1]
     return [
         Answer(
-            index=int(index),
+            index=int(position),
             customer_id=str(ids[row]),
             probability=float(scores.probabilities[row]),
             band=str(scores.bands[row]),
@@ -123,12 +162,12 @@ def _answers(
                     str(scores.reason_texts[row, rank]),
                     float(scores.contributions[row, rank]),
                 )
-                for rank in range(scores.contributions.shape[1])
+                for rank in range(reasons)
             ],
             model=loaded,
             served=served,
         )
-        for row, index in enumerate(features.index)
+        for row, position in enumerate(positions)
     ]
 
 
