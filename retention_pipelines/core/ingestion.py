@@ -58,7 +58,7 @@ SHOWN_CHARS: Final = 64
 STORED_FIELD_CHARS: Final = 1024
 _WHITESPACE_RUN = re.compile(r"\s+")
 # Control characters other than tab: never part of a Telco value, and NUL cannot be stored.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINES_PER_SIZE_CHECK: Final = 10_000
 
 
@@ -450,14 +450,14 @@ def _field_faults(fields: list[str], header: list[str], limit: int) -> list[str]
     for name, value in zip(header, fields, strict=True):
         if len(value) > limit:
             reasons.append(f"{name}: the value has {len(value):,} characters, over {limit:,}")
-        found = _CONTROL.search(value)
+        found = CONTROL_CHARACTERS.search(value)
         if found:
             reasons.append(f"{name}: control character {found.group()!r} in the field")
     return reasons
 
 
 def _read_text_chunks(path: Path, chunk_rows: int, fmt: LandingFormat) -> Iterator[_ChunkText]:
-    delimiter, limit, has_control = fmt.delimiter, fmt.max_field_chars, _CONTROL.search
+    delimiter, limit, has_control = fmt.delimiter, fmt.max_field_chars, CONTROL_CHARACTERS.search
     with _numbered_lines(path, fmt) as (header, lines):
         width = len(header)
         chunk = _ChunkText(header)
@@ -504,8 +504,8 @@ def _fault(line: _Line, header: list[str]) -> _Fault:
 def stored_text(value: str, limit: int = STORED_FIELD_CHARS) -> str:
     """Text safe to store and show: control characters written as ``\\xNN``, cut to
     ``limit`` characters with the full length said."""
-    if _CONTROL.search(value):
-        value = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
+    if CONTROL_CHARACTERS.search(value):
+        value = CONTROL_CHARACTERS.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
     if len(value) > limit:
         return f"{value[:limit]}… ({len(value):,} characters)"
     return value
@@ -629,7 +629,7 @@ def _records_as_text(
     for column in TELCO_COLUMNS:
         values = text[column]
         if pd.api.types.infer_dtype(values, skipna=True) not in {"string", "empty"}:
-            text[column] = [_csv_text(value) for value in values]
+            text[column] = [csv_text(value) for value in values]
     return text, reasons
 
 
@@ -654,7 +654,7 @@ def _aligned_record(record: Mapping[str, object]) -> tuple[dict[str, object], li
     return aligned, reasons
 
 
-def _csv_text(value: object) -> str | None:
+def csv_text(value: object) -> str | None:
     """The text a landing file's field would carry for a JSON value."""
     if value is None or isinstance(value, str):
         return value
@@ -674,12 +674,16 @@ def _record_field_faults(text: pd.DataFrame, limit: int) -> dict[int, list[str]]
     """The field faults of each record that has any, worded and ordered as a line's are; all
     values are searched at once first, so a clean batch costs no per-record work."""
     every_value = [value for value in text.to_numpy().ravel().tolist() if isinstance(value, str)]
-    if not _CONTROL.search("".join(every_value)) and max(map(len, every_value), default=0) <= limit:
+    if (
+        not CONTROL_CHARACTERS.search("".join(every_value))
+        and max(map(len, every_value), default=0) <= limit
+    ):
         return {}  # the usual batch: nothing odd anywhere
     suspects = np.zeros(len(text), dtype=bool)
     for column in TELCO_COLUMNS:
         suspects |= [
-            isinstance(value, str) and (len(value) > limit or _CONTROL.search(value) is not None)
+            isinstance(value, str)
+            and (len(value) > limit or CONTROL_CHARACTERS.search(value) is not None)
             for value in text[column].tolist()
         ]
     header = list(TELCO_COLUMNS)

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from retention_pipelines.core.ingestion import (
-    _CONTROL,
-    _csv_text,
+    CONTROL_CHARACTERS,
     category_spellings,
+    csv_text,
     normalize_value,
 )
 from retention_pipelines.core.schemas import (
@@ -87,7 +87,7 @@ def _read(record: Mapping[str, object], max_field_chars: int) -> dict[str, Any] 
     for telco, column in RAW_COLUMN_NAMES.items():
         if telco not in record and telco != "Churn":
             return None  # a column left out
-        typed = _typed(column, _csv_text(record.get(telco)), max_field_chars)
+        typed = _typed(column, csv_text(record.get(telco)), max_field_chars)
         if typed is False:
             return None
         row[column] = typed
@@ -114,7 +114,7 @@ def _typed(column: str, value: str | None, max_field_chars: int) -> Any:
     the full path."""
     if value is None:
         return None
-    if len(value) > max_field_chars or _CONTROL.search(value):
+    if len(value) > max_field_chars or CONTROL_CHARACTERS.search(value):
         return False
     cleaned = normalize_value(value)
     if cleaned is None:
