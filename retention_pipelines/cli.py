@@ -902,6 +902,10 @@ def serve(
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=10,
+            # A spawned worker answers the supervisor's health checks only once it has
+            # imported this command line: with uvicorn's 5 s, a busy host or a cold start
+            # (no bytecode yet) has workers killed and respawned over and over.
+            timeout_worker_healthcheck=30,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
