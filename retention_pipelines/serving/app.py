@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from retention_pipelines.core import database
 from retention_pipelines.core.registry import mlflow_tracking_uri
@@ -150,6 +151,9 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
     wanted: tuple[Variant, ...] = ("champion",)
     if settings.api_challenger_share > 0 or settings.api_shadow:
         wanted = ("champion", "challenger")
+    for variant in wanted:  # exposed at 0 from the start, so increase() sees the first failure
+        metrics.model_reloads.labels(variant)
+        metrics.model_load_failures.labels(variant)
     holder = ModelHolder(
         client_factory=lambda: mlflow_client_factory(tracking_uri),
         wanted=wanted,
@@ -206,6 +210,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
+        # Starlette's class: the router's 404 and 405 and FastAPI's 400 are raised as it.
         assert isinstance(error, HTTPException)  # noqa: S101
         return problem(request, error.status_code, error.detail, error.headers)
 

@@ -77,8 +77,13 @@ class BatchRequest(BaseModel):
 
     customers: list[dict[str, Any]] = Field(
         min_length=1,
-        description="Customers shaped as /v1/predict's body (RETENTION_API_MAX_BATCH at most).",
-        json_schema_extra={"items": {"$ref": "#/components/schemas/Customer"}},
+        description=(
+            "Customers shaped as /v1/predict's body (RETENTION_API_MAX_BATCH at most); an "
+            "object of another shape is reported by its position, like a rule broken."
+        ),
+        json_schema_extra={
+            "items": {"anyOf": [{"$ref": "#/components/schemas/Customer"}, {"type": "object"}]}
+        },
     )
 
 

@@ -35,6 +35,7 @@ from retention_pipelines.serving.state import ServingState
 router = APIRouter(prefix="/v1", tags=["predictions"])
 MODEL_VERSION_HEADER: Final = "X-Model-Version"
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body cannot be read as text (not UTF-8)."},
     401: {"model": Problem, "description": "No API key, or an unknown or revoked one."},
     403: {"model": Problem, "description": "The key may not request predictions."},
     413: {"model": Problem, "description": "The body is over RETENTION_API_MAX_BODY_BYTES."},
