@@ -110,3 +110,14 @@ def live_keys(url: str, *, retry_s: float | None = None) -> dict[str, ApiKey]:
             f"select key_hash, key_id, name, scopes from {API_KEYS} where revoked_at is null"
         ).fetchall()
     return {r[0]: ApiKey(int(r[1]), r[2], frozenset(r[3])) for r in rows}
+
+
+def find_live_key(url: str, key_hash: str) -> ApiKey | None:
+    """The live key of ``key_hash``, or None: one indexed lookup."""
+    with connect(url, retry_s=0, connect_timeout=3) as conn:
+        row = conn.execute(
+            f"select key_id, name, scopes from {API_KEYS}"
+            " where key_hash = %s and revoked_at is null",
+            (key_hash,),
+        ).fetchone()
+    return ApiKey(int(row[0]), row[1], frozenset(row[2])) if row else None

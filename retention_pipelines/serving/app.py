@@ -29,7 +29,11 @@ from retention_pipelines.serving.keys import KeyCache
 from retention_pipelines.serving.metrics import create_metrics
 from retention_pipelines.serving.middleware import ApiMiddleware
 from retention_pipelines.serving.models import ModelEvents, ModelHolder, Variant
-from retention_pipelines.serving.prediction_log import LogCounters, PredictionLogWriter
+from retention_pipelines.serving.prediction_log import (
+    DROP_REASONS,
+    LogCounters,
+    PredictionLogWriter,
+)
 from retention_pipelines.serving.predictor import Predictor
 from retention_pipelines.serving.rate_limits import RateLimiter
 from retention_pipelines.serving.routes import customers, health, predict
@@ -154,6 +158,8 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
     for variant in wanted:  # exposed at 0 from the start, so increase() sees the first failure
         metrics.model_reloads.labels(variant)
         metrics.model_load_failures.labels(variant)
+    for reason in DROP_REASONS:
+        metrics.log_rows_dropped.labels(reason)
     holder = ModelHolder(
         client_factory=lambda: mlflow_client_factory(tracking_uri),
         wanted=wanted,

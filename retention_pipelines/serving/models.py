@@ -63,6 +63,7 @@ class ModelHolder:
     last_error: str | None = None
     last_checked: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _failed: set[tuple[str, str]] = field(default_factory=set)
 
     def get(self, variant: Variant) -> LoadedModel | None:
         return self.champion if variant == "champion" else self.challenger
@@ -96,7 +97,10 @@ class ModelHolder:
                 model.set_prediction_threads(self.prediction_threads)
         except Exception as error:
             self.last_error = f"cannot load {MODEL_NAME} version {version}: {_short(error)}"
-            logger.exception("keeping the last good %s: %s", variant, self.last_error)
+            # The traceback once per version; every later poll tries again and says so briefly.
+            first = (variant, version) not in self._failed
+            self._failed.add((variant, version))
+            logger.warning("keeping the last good %s: %s", variant, self.last_error, exc_info=first)
             self.events.on_failure(variant, version)
             return
         loaded = LoadedModel(model, MODEL_NAME, version, variant, datetime.now(UTC))

@@ -11,12 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from retention_pipelines.core.database import connect
 from retention_pipelines.core.warehouse.prediction_log import LoggedPrediction, copy_predictions
 
 logger = logging.getLogger(__name__)
 
+QUEUE_FULL: Final = "queue full"
+DATABASE_ERROR: Final = "database error"
+DROP_REASONS: Final = (QUEUE_FULL, DATABASE_ERROR)
 # Seconds a connection attempt of the writer may take: it must notice an outage, not wait it out.
 _CONNECT_TIMEOUT_S = 3
 
@@ -62,7 +66,7 @@ class PredictionLogWriter:
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
-                self._drop(len(rows) - position, "queue full")
+                self._drop(len(rows) - position, QUEUE_FULL)
                 return
 
     @property
@@ -105,7 +109,7 @@ class PredictionLogWriter:
             with connect(self.url, retry_s=0, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
                 copy_predictions(conn, batch)
         except Exception as error:  # an outage or a bad row: count and go on
-            self._drop(len(batch), "database error", error)
+            self._drop(len(batch), DATABASE_ERROR, error)
             return
         self.counters.add_written(len(batch))
 

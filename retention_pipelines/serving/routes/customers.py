@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Path
 from starlette.concurrency import run_in_threadpool
 
@@ -58,6 +59,10 @@ def _read(state: ServingState, customer_id: str) -> StoredRisk | None:
     try:
         with state.reader_pool.connection(timeout=5) as conn:
             return latest_risk(conn, customer_id)
+    except psycopg.errors.UndefinedTable as error:
+        raise HTTPException(
+            503, "no nightly scores yet: the nightly job builds the analytics views"
+        ) from error
     except Exception as error:
         logger.warning("cannot read a stored score: %s", str(error).strip().split("\n", 1)[0])
         raise HTTPException(503, "the warehouse cannot be reached; try again later") from error
