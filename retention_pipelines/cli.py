@@ -874,10 +874,18 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the prediction API (FastAPI on uvicorn); OpenAPI docs at /docs."""
+    import signal  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     import uvicorn  # noqa: PLC0415
 
+    def stopped(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # One worker: uvicorn raises the SIGTERM it caught again once it has shut down, which by
+    # default ends the process on the spot, before the metrics folder below is removed.
+    # End normally instead, with status 0 as with several workers: the stop was asked for.
+    signal.signal(signal.SIGTERM, stopped)
     settings = get_settings()
     # Prepare the warehouse once here, not in every worker at the same moment.
     database.settings_database_url(settings)
