@@ -187,7 +187,9 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
             max_field_chars=settings.max_field_chars,
         ),
         keys=KeyCache(owner_url, refresh_s=settings.api_key_refresh_s),
-        limiter=RateLimiter(settings.api_rate_limit, settings.redis_url),
+        limiter=RateLimiter(
+            settings.api_rate_limit, settings.redis_url, namespace=_namespace(owner_url)
+        ),
         log_writer=PredictionLogWriter(
             owner_url,
             max_rows=settings.api_log_queue_rows,
@@ -204,6 +206,12 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
             name="reader",
         ),
     )
+
+
+def _namespace(url: str) -> str:
+    """The warehouse a server belongs to (host, port, database), naming its rate-limit keys."""
+    parts = database.connection_parts(url)
+    return f"retention:{parts.host}:{parts.port}:{parts.dbname}"
 
 
 def _add_error_handlers(app: FastAPI) -> None:

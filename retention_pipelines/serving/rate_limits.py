@@ -28,7 +28,7 @@ class Decision:
 class RateLimiter:
     """Counts each key's requests against one limit (e.g. ``600/minute``)."""
 
-    def __init__(self, limit: str, redis_url: str | None = None) -> None:
+    def __init__(self, limit: str, redis_url: str | None = None, namespace: str = "") -> None:
         try:
             self.item: RateLimitItem = parse(limit)
         except ValueError as error:
@@ -36,6 +36,8 @@ class RateLimiter:
                 f"RETENTION_API_RATE_LIMIT {limit!r} is not a rate like 600/minute"
             ) from error
         self.shared = redis_url is not None
+        # Installations sharing one Redis count their own keys (key ids repeat across them).
+        self.namespace = namespace
         if redis_url:
             # Redis: a sliding-window counter, two keys per client, one round trip.
             storage = storage_from_string(redis_url, socket_timeout=0.5)
@@ -52,9 +54,9 @@ class RateLimiter:
         A rate-limit store that cannot be reached lets the request through (and says so in
         the log): an outage of Redis must not become an outage of predictions."""
         try:
-            if self._limiter.hit(self.item, key):
+            if self._limiter.hit(self.item, self.namespace, key):
                 return Decision(True)
-            stats = self._limiter.get_window_stats(self.item, key)
+            stats = self._limiter.get_window_stats(self.item, self.namespace, key)
         except Exception as error:  # Redis down or slow
             self._warn(error)
             return Decision(True)

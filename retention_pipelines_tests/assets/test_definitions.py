@@ -80,7 +80,10 @@ def test_the_analytics_views_are_their_own_dbt_assets_in_the_analytics_group(
     defs: dg.Definitions,
 ) -> None:
     graph = defs.resolve_asset_graph()
-    analytics = {dg.AssetKey("customer_risk_latest"), dg.AssetKey("risk_band_summary")}
+    analytics = {
+        dg.AssetKey(name)
+        for name in ("customer_risk_latest", "risk_band_summary", "customer_score_history")
+    }
     assert {
         key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "analytics"
     } == analytics
