@@ -9,12 +9,17 @@ On disk a model is a folder: ``churn_model.json`` (the format version, the encod
 logistic part, the calibrator, the blend weight) and the booster in its library's own file
 format. Loading rebuilds the objects from that data, so a model saved by one release loads in
 the next whatever the code around it became; a newer format is refused with a clear message.
+
+Rows come as a DataFrame or as plain columns (:data:`FeatureColumns`); either way they are
+encoded once with numpy and both parts read that encoding, so scoring one customer costs
+little beyond the booster's own prediction and TreeSHAP (see
+:meth:`ChurnModel.set_prediction_threads` for serving).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -23,15 +28,15 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from retention_pipelines.churn_model.encoding import FeatureEncoder
+from retention_pipelines.churn_model.encoding import EncodedRows, FeatureColumns, FeatureEncoder
 from retention_pipelines.churn_model.parts import (
     Calibrator,
     LinearExplanation,
     LinearPart,
     TreeData,
     TreeModel,
+    encoded_tree_data,
     tree_contributions,
-    tree_data,
     tree_margin,
 )
 
@@ -64,6 +69,8 @@ class ChurnModel:
     calibrator: Calibrator
     linear: LinearPart | None = None
     tree_weight: float = 1.0
+    # Threads a prediction uses; None: the libraries' defaults (see set_prediction_threads).
+    prediction_threads: int | None = field(default=None, init=False, compare=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -74,27 +81,42 @@ class ChurnModel:
     def blended(self) -> bool:
         return self.linear is not None and self.tree_weight < 1.0
 
-    def margin(self, frame: pd.DataFrame) -> np.ndarray:
+    def set_prediction_threads(self, threads: int) -> None:
+        """Predict with ``threads`` threads from now on: XGBoost's ``nthread`` (the booster's
+        and the input matrix's), CatBoost's ``thread_count``.
+
+        Batch scoring keeps the defaults (every core). A server scoring one customer per
+        request sets 1: starting threads for one row costs more than the row, and requests
+        run side by side. The setting is not saved with the model."""
+        if threads < 1:
+            raise ValueError(f"a prediction needs at least one thread, got {threads}")
+        self.prediction_threads = threads
+        if isinstance(self.booster, xgb.Booster):
+            self.booster.set_param({"nthread": threads})
+
+    def margin(self, frame: FeatureColumns) -> np.ndarray:
         """Log-odds of churn before calibration."""
-        tree, data = self._encode(frame)
-        margin = tree_margin(self.booster, data)
-        linear = self._linear(tree)
+        encoded, data = self._encode(frame)
+        margin = tree_margin(self.booster, data, threads=self.prediction_threads)
+        linear = self._linear(encoded)
         if linear is None:
             return margin
         return self.tree_weight * margin + (1 - self.tree_weight) * linear.margin
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, frame: FeatureColumns) -> np.ndarray:
         """Calibrated churn probabilities for rows holding the model's input columns."""
         return self.calibrator(1.0 / (1.0 + np.exp(-self.margin(frame))))
 
-    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Per row and input column, the exact contribution to :meth:`margin`."""
+    def contributions(self, frame: FeatureColumns) -> pd.DataFrame:
+        """Per row and input column, the exact contribution to :meth:`margin` (indexed as
+        ``frame`` when it is a DataFrame)."""
         scored = self.score(frame)
-        return pd.DataFrame(scored.contributions, columns=list(self.columns), index=frame.index)
+        index = frame.index if isinstance(frame, pd.DataFrame) else None
+        return pd.DataFrame(scored.contributions, columns=list(self.columns), index=index)
 
     def score(
         self,
-        frame: pd.DataFrame,
+        frame: FeatureColumns,
         *,
         exact_from: float | None = None,
         exact_gap: float = float("inf"),
@@ -110,9 +132,10 @@ class ChurnModel:
         CatBoost's approximate ShapValues measured no faster than its exact ones, so CatBoost
         rows are always exact. The linear part is always exact (it is cheap).
         """
-        tree, data = self._encode(frame)
-        margin = tree_margin(self.booster, data)
-        linear = self._linear(tree)
+        encoded, data = self._encode(frame)
+        threads = self.prediction_threads
+        margin = tree_margin(self.booster, data, threads=threads)
+        linear = self._linear(encoded)
         if linear is not None:
             margin = self.tree_weight * margin + (1 - self.tree_weight) * linear.margin
         probabilities = self.calibrator(1.0 / (1.0 + np.exp(-margin)))
@@ -125,8 +148,8 @@ class ChurnModel:
             )
 
         if exact_from is None or isinstance(self.booster, catboost.CatBoostClassifier):
-            contributions = blend(tree_contributions(self.booster, data))
-            exact = np.ones(len(frame), dtype=bool)
+            contributions = blend(tree_contributions(self.booster, data, threads=threads))
+            exact = np.ones(len(encoded), dtype=bool)
         else:
             contributions = blend(tree_contributions(self.booster, data, approximate=True))
             exact = (probabilities >= exact_from) & (_top_gap(contributions) < exact_gap)
@@ -138,18 +161,23 @@ class ChurnModel:
                 )
         return Scored(probabilities=probabilities, contributions=contributions, exact=exact)
 
-    def _encode(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, TreeData]:
+    def _encode(self, frame: FeatureColumns) -> tuple[EncodedRows, TreeData]:
         missing = self.encoder.missing_columns(frame)
         if missing:
             raise ValueError(f"the input lacks the model's columns: {missing}")
-        tree = self.encoder.tree_input(frame)
-        return tree, tree_data(self.booster, tree, self.encoder.categorical)
+        encoded = self.encoder.encode(frame)
+        data = encoded_tree_data(
+            self.booster, self.encoder, encoded, threads=self.prediction_threads
+        )
+        return encoded, data
 
-    def _linear(self, tree: pd.DataFrame) -> LinearExplanation | None:
+    def _linear(self, encoded: EncodedRows) -> LinearExplanation | None:
         if not self.blended:
             return None
         assert self.linear is not None  # noqa: S101
-        return self.linear.explain(self.encoder.linear_matrix(tree), self.encoder.design_grouping())
+        return self.linear.explain(
+            self.encoder.design_matrix(encoded), self.encoder.design_grouping()
+        )
 
     # --- on disk ---------------------------------------------------------------------------
 
