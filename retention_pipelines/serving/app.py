@@ -185,6 +185,7 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
             challenger_share=settings.api_challenger_share,
             shadow=settings.api_shadow,
             max_field_chars=settings.max_field_chars,
+            batch_exact_gap=settings.scoring_exact_gap,
         ),
         keys=KeyCache(owner_url, refresh_s=settings.api_key_refresh_s),
         limiter=RateLimiter(

@@ -66,9 +66,13 @@ class Predictor:
     challenger_share: float = 0.0
     shadow: bool = False
     max_field_chars: int = 4096
+    batch_exact_gap: float = float("inf")
 
-    def predict(self, records: Sequence[Mapping[str, Any]]) -> Outcome:
-        """Answer every valid record; report every invalid one by its position."""
+    def predict(self, records: Sequence[Mapping[str, Any]], *, batch: bool = False) -> Outcome:
+        """Answer every valid record; report every invalid one by its position. One customer
+        is explained with exact TreeSHAP; a ``batch`` as the nightly scorer explains a chunk
+        (exact for high-band customers whose top reasons are within ``batch_exact_gap``)."""
+        gap = self.batch_exact_gap if batch else None
         champion = self.holder.champion
         if champion is None:
             raise NoModelError("no champion model is loaded yet")
@@ -79,7 +83,7 @@ class Predictor:
         challenger = self.holder.challenger
         answers: list[Answer] = []
         for loaded, picked in self._route(features, champion, challenger):
-            answers += _answers(loaded, _rows(features, picked), positions[picked], self.bands)
+            answers += _answers(loaded, _rows(features, picked), positions[picked], self.bands, gap)
         answers.sort(key=lambda answer: answer.index)
         shadow: list[Answer] = []
         if self.shadow and challenger is not None:
@@ -87,7 +91,7 @@ class Predictor:
             if by_champion.any():
                 shadow = _answers(
                     challenger, _rows(features, by_champion), positions[by_champion],
-                    self.bands, served=False,
+                    self.bands, gap, served=False,
                 )  # fmt: skip
         return Outcome(answers, errors, shadow)
 
@@ -144,10 +148,11 @@ def _answers(
     features: dict[str, np.ndarray],
     positions: np.ndarray,
     bands: RiskBands,
+    exact_gap: float | None,
     *,
     served: bool = True,
 ) -> list[Answer]:
-    scores: LiveScores = score_live(loaded.model, features, bands)
+    scores: LiveScores = score_live(loaded.model, features, bands, exact_gap=exact_gap)
     ids = features["customer_id"]
     reasons = scores.contributions.shape[1]
     return [

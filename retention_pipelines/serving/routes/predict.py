@@ -74,7 +74,7 @@ async def predict_batch(
             422, f"a batch holds at most {limit:,} customers; this one has {len(batch.customers):,}"
         )
     typed, shape_errors = _typed_records(batch.customers)
-    outcome = _predict(state, [record for _, record in typed])
+    outcome = _predict(state, [record for _, record in typed], batch=True)
     positions = [position for position, _ in typed]
     request_id = request.state.request_id
     _record(state, request_id, outcome, started, key.key_id, positions)
@@ -98,9 +98,9 @@ async def predict_batch(
     )
 
 
-def _predict(state: ServingState, records: list[dict[str, Any]]) -> Outcome:
+def _predict(state: ServingState, records: list[dict[str, Any]], *, batch: bool = False) -> Outcome:
     try:
-        return state.predictor.predict(records)
+        return state.predictor.predict(records, batch=batch)
     except NoModelError as error:
         raise HTTPException(503, f"{error}: promote one, or wait for the next poll") from error
 
