@@ -109,7 +109,7 @@ def _reference_model(records: list[dict[str, Any]]) -> Any:
     calibrator = training.choose_calibrator(
         1 / (1 + np.exp(-margin)), training.labels_of(split.validation), seed=42
     )
-    return ChurnModel(
+    model = ChurnModel(
         kind="xgboost",
         encoder=encoder,
         booster=booster,
@@ -117,9 +117,10 @@ def _reference_model(records: list[dict[str, Any]]) -> Any:
         linear=baseline.to_part(),
         tree_weight=weight,
     )
+    return model, frame.drop(columns="churned").head(3)
 
 
-def _register(tracking_uri: str, model: Any, artefacts: Path) -> str:
+def _register(tracking_uri: str, model: Any, example: Any, artefacts: Path) -> str:
     import mlflow  # noqa: PLC0415
     from mlflow import MlflowClient  # noqa: PLC0415
 
@@ -135,6 +136,7 @@ def _register(tracking_uri: str, model: Any, artefacts: Path) -> str:
             model,
             name="model",
             signature=pyfunc.signature(model, INTEGER_FEATURES),
+            input_example=example,
             pip_requirements=["mlflow"],
         )
     version = registry.register_challenger(
@@ -188,8 +190,9 @@ def _benchmark(args: argparse.Namespace) -> None:
         database.upgrade(url)
         records = customers()
         print(f"fitting the reference champion ({REFERENCE_TREES} trees of depth 5)...")
-        model = _reference_model(records)
-        version = _register(registry.mlflow_tracking_uri(url, store), model, home / "artefacts")
+        model, example = _reference_model(records)
+        tracking_uri = registry.mlflow_tracking_uri(url, store)
+        version = _register(tracking_uri, model, example, home / "artefacts")
         raw_key, _ = api_keys.create_key(url, "benchmark", ("predict",), actor="benchmark")
         port = _free_port()
         server = subprocess.Popen(

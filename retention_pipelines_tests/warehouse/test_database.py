@@ -15,6 +15,9 @@ import pytest
 
 from retention_pipelines.core import database
 
+# The embedded server, socket URLs and the roles: what differs on the embedded default.
+pytestmark = pytest.mark.embedded
+
 SHOW_SERVER = (
     "import sys, psycopg; from retention_pipelines.core.database import embedded_database_url;"
     "url = embedded_database_url(__import__('pathlib').Path(sys.argv[1]));"

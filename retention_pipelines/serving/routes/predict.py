@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from retention_pipelines.serving.deps import PredictKey, State
@@ -27,7 +28,6 @@ from retention_pipelines.serving.schemas import (
     ErrorDetail,
     PredictResponse,
     Problem,
-    Reason,
     RowError,
 )
 from retention_pipelines.serving.state import ServingState
@@ -47,8 +47,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(
-    customer: Customer, request: Request, response: Response, state: State, key: PredictKey
-) -> PredictResponse:
+    customer: Customer, request: Request, state: State, key: PredictKey
+) -> JSONResponse:
     """One customer's churn probability, risk band and three reasons, now."""
     started = time.perf_counter()
     outcome = _predict(state, [customer.model_dump()])
@@ -57,8 +57,10 @@ async def predict(
     [answer] = outcome.answers
     request_id = request.state.request_id
     _record(state, request_id, outcome, started, key.key_id)
-    response.headers[MODEL_VERSION_HEADER] = answer.model.version
-    return PredictResponse(**_prediction(answer), request_id=request_id)
+    # Built from plain values, not validated again against the response model (the OpenAPI
+    # document still says what it is): on the hot path that saves a good share of the time.
+    body = {**_plain_prediction(answer), "request_id": request_id}
+    return JSONResponse(body, headers={MODEL_VERSION_HEADER: answer.model.version})
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS)
@@ -91,7 +93,7 @@ async def predict_batch(
     return BatchResponse(
         request_id=request_id,
         predictions=[
-            BatchPrediction(**_prediction(answer), index=positions[answer.index])
+            BatchPrediction(**_plain_prediction(answer), index=positions[answer.index])
             for answer in outcome.answers
         ],
         errors=sorted(errors, key=lambda error: error.index),
@@ -143,13 +145,13 @@ def _detail(error: FieldError, *loc: str | int) -> dict[str, Any]:
     return jsonable_encoder(ErrorDetail(loc=where, msg=error.message, type="value_error"))
 
 
-def _prediction(answer: Answer) -> dict[str, Any]:
+def _plain_prediction(answer: Answer) -> dict[str, Any]:
     return {
         "customer_id": answer.customer_id,
         "churn_probability": answer.probability,
         "risk_band": answer.band,
         "reasons": [
-            Reason(feature=feature, reason=text, contribution=contribution)
+            {"feature": feature, "reason": text, "contribution": contribution}
             for feature, text, contribution in answer.reasons
         ],
         "model_name": answer.model.name,
