@@ -149,5 +149,5 @@ def test_two_first_builds_of_the_dbt_models_at_once_both_succeed(
         features = conn.execute(
             "select count(*) from features.customer_features where snapshot_date = %s", (DAY,)
         ).fetchone()
-    assert views == [("customer_risk_latest",), ("risk_band_summary",)]
+    assert views == [("customer_risk_latest",), ("customer_score_history",), ("risk_band_summary",)]
     assert features == (20,)
