@@ -291,6 +291,31 @@ class RetentionSettings(BaseSettings):
         default=1.0, gt=0, description="Longest wait before queued prediction-log rows are copied."
     )
 
+    dashboard_host: str = Field(
+        default="127.0.0.1", description="Address `retention dashboard` binds."
+    )
+    dashboard_port: int = Field(
+        default=8501, ge=1, le=65535, description="Port of the retention team's dashboard."
+    )
+    dashboard_cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the dashboard reuses a query's answer (st.cache_data's TTL).",
+    )
+    dashboard_page_size: int = Field(
+        default=50, ge=1, le=1000, description="Customers per page of the dashboard's call list."
+    )
+    demo_xgboost_trials: int = Field(
+        default=6,
+        ge=1,
+        description="Optuna trials for XGBoost when `make demo` trains its first champion.",
+    )
+    demo_catboost_trials: int = Field(
+        default=2,
+        ge=1,
+        description="Optuna trials for CatBoost when `make demo` trains its first champion.",
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:
         if self.risk_medium_threshold >= self.risk_high_threshold:
