@@ -497,11 +497,13 @@ def model_promote(
 
     from retention_pipelines.core import registry  # noqa: PLC0415
 
+    client = _mlflow_client()
     try:
-        registry.promote(_mlflow_client(), version, reason=reason, actor=f"cli:{getpass.getuser()}")
+        registry.promote(client, version, reason=reason, actor=f"cli:{getpass.getuser()}")
     except (ValueError, LookupError, MlflowException) as error:
         console.print(f"[red]cannot promote: {error}")
         raise typer.Exit(1) from error
+    _sync_model_versions(client)
     console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is now version {version}")
 
 
@@ -510,14 +512,24 @@ def model_rollback(reason: ReasonOption) -> None:
     """Move alias ``champion`` back to the version that held it before."""
     from retention_pipelines.core import registry  # noqa: PLC0415
 
+    client = _mlflow_client()
     try:
-        version = registry.rollback(
-            _mlflow_client(), reason=reason, actor=f"cli:{getpass.getuser()}"
-        )
+        version = registry.rollback(client, reason=reason, actor=f"cli:{getpass.getuser()}")
     except (ValueError, LookupError) as error:
         console.print(f"[red]cannot roll back: {error}")
         raise typer.Exit(1) from error
+    _sync_model_versions(client)
     console.print(f"{registry.MODEL_NAME}@{registry.CHAMPION} is back on version {version}")
+
+
+def _sync_model_versions(client: MlflowClient) -> None:
+    """Copy the registry's versions to ``ml.model_versions``: the dashboard, which cannot
+    reach MLflow, shows the new champion at once."""
+    from retention_pipelines.core.warehouse.model_versions import (  # noqa: PLC0415
+        sync_model_versions,
+    )
+
+    sync_model_versions(database.settings_database_url(get_settings()), client)
 
 
 @app.command("dagster-home")

@@ -22,6 +22,7 @@ from retention_pipelines.core.training import (
     split_training_set,
 )
 from retention_pipelines.core.warehouse.features import read_labelled
+from retention_pipelines.core.warehouse.model_versions import sync_model_versions
 from retention_pipelines.resources import MlflowResource, TrainingResource, WarehouseResource
 from retention_pipelines.settings import PROJECT_ROOT
 
@@ -179,12 +180,14 @@ def registered_churn_model(
 def champion_model(
     context: dg.AssetExecutionContext,
     mlflow_registry: MlflowResource,
+    warehouse: WarehouseResource,
     training: TrainingResource,
     training_set: TrainingSplit,
     registered_churn_model: dict[str, str],
 ) -> dg.MaterializeResult:
     """The promotion gate: challenger and champion scored on the same latest labelled test
-    data; ``champion`` moves only when the challenger is at least as good."""
+    data; ``champion`` moves only when the challenger is at least as good. The registry's
+    versions are then copied to ``ml.model_versions`` for the dashboard."""
     client = mlflow_registry.client
     challenger_version = registered_churn_model["version"]
     challenger = _gate_metrics(client, challenger_version, training_set)
@@ -208,6 +211,7 @@ def champion_model(
         registry.MODEL_NAME, challenger_version, "gate_decision", decision.reason
     )
     context.log.info(f"gate: {'promote' if decision.promote else 'keep'}: {decision.reason}")
+    synced = sync_model_versions(warehouse.url(), client)
     return dg.MaterializeResult(
         metadata={
             "decision": "promoted" if decision.promote else "kept the champion",
@@ -216,6 +220,7 @@ def champion_model(
             "champion_version_before": current or "none",
             **_gate_figures("challenger", challenger),
             **(_gate_figures("champion", champion) if champion else {}),
+            "model_versions_synced": synced,
         }
     )
 
