@@ -1,6 +1,9 @@
-"""The dbt models as Dagster assets, in two sets: the feature tables (``stg_customers``,
-``customer_features``) and the analytics views business users read (``customer_risk_latest``,
-``risk_band_summary``), which also wait for the nightly scores.
+"""The dbt models as Dagster assets, in three sets: the feature tables (``stg_customers``,
+``customer_features``); what business users read about customers (``customer_risk_latest``,
+``risk_band_summary``, ...), which waits for the nightly scores; and the model-health views
+(``model_health/``), which wait for the drift report, the realised performance and the model
+registry's copy. The call list never waits for monitoring: a failed drift step leaves today's
+scores in front of business users, and only the model-health views wait for it.
 
 Each partition run builds its snapshot date only: the date goes to dbt as the var
 ``snapshot_date`` and ``customer_features`` is incremental (delete+insert on that date).
@@ -54,7 +57,8 @@ def dbt_build_args(partition_key: str) -> list[str]:
 
 
 ANALYTICS_MODELS = "path:models/analytics"
-# Both model sets: one run per date, the date's partition built and tested.
+MODEL_HEALTH_MODELS = "path:models/analytics/model_health"
+# Every model set: one run per date, the date's partition built and tested.
 _DBT_ASSETS = {
     "manifest": retention_dbt_project.manifest_path,
     "project": retention_dbt_project,
@@ -82,9 +86,19 @@ def retention_dbt_models(
     yield from _build_partition(context, dbt, warehouse)
 
 
-@dbt_assets(select=ANALYTICS_MODELS, **_DBT_ASSETS)
+@dbt_assets(select=ANALYTICS_MODELS, exclude=MODEL_HEALTH_MODELS, **_DBT_ASSETS)
 def retention_dbt_analytics(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
-    """The analytics views over the scores, built, granted to the reader role and tested."""
+    """The analytics tables and views over the scores (the call list rebuilt), granted to the
+    reader role and tested."""
+    yield from _build_partition(context, dbt, warehouse)
+
+
+@dbt_assets(select=MODEL_HEALTH_MODELS, **_DBT_ASSETS)
+def retention_dbt_model_health(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+) -> Iterator[Any]:
+    """The model-health views (versions, realised performance, drift, data quality) over the
+    monitoring tables and ml.model_versions, granted to the reader role and tested."""
     yield from _build_partition(context, dbt, warehouse)

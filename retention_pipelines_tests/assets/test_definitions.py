@@ -82,13 +82,49 @@ def test_the_analytics_views_are_their_own_dbt_assets_in_the_analytics_group(
     graph = defs.resolve_asset_graph()
     analytics = {
         dg.AssetKey(name)
-        for name in ("customer_risk_latest", "risk_band_summary", "customer_score_history")
+        for name in (
+            "customer_risk_latest",
+            "risk_band_summary",
+            "customer_score_history",
+            "top_reasons_daily",
+        )
+    }
+    model_health = {
+        dg.AssetKey(name)
+        for name in (
+            "model_versions",
+            "model_performance_daily",
+            "drift_daily",
+            "data_quality_daily",
+        )
     }
     assert {
         key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "analytics"
-    } == analytics
+    } == analytics | model_health
     assert features.retention_dbt_analytics.keys == analytics
-    assert not analytics & features.retention_dbt_models.keys
+    assert features.retention_dbt_model_health.keys == model_health
+    assert not (analytics | model_health) & features.retention_dbt_models.keys
+
+
+def test_the_call_list_never_waits_for_monitoring_and_model_health_does(
+    defs: dg.Definitions,
+) -> None:
+    """A failed drift or performance step must not keep today's scores from business users."""
+    graph = defs.resolve_asset_graph()
+    monitoring = {
+        key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "monitoring"
+    }
+    call_list = graph.get(dg.AssetKey("customer_risk_latest"))
+    assert not graph.get_ancestor_asset_keys(call_list.key) & monitoring
+    assert graph.get(dg.AssetKey("drift_daily")).parent_keys == {
+        dg.AssetKey("feature_drift_report")
+    }
+    assert (
+        dg.AssetKey("realised_model_performance")
+        in graph.get(dg.AssetKey("model_performance_daily")).parent_keys
+    )
+    nightly = defs.resolve_job_def("nightly_scoring_job").asset_layer.executable_asset_keys
+    assert features.retention_dbt_model_health.keys <= nightly
 
 
 def test_dbt_tests_appear_as_checks_of_their_models(defs: dg.Definitions) -> None:

@@ -128,7 +128,7 @@ def test_two_first_builds_of_the_dbt_models_at_once_both_succeed(
     database_url: str, tmp_path: Path
 ) -> None:
     """The first night of a fresh warehouse, twice at once: each dbt command creates the views
-    in turn, the one that waits says so, and both runs succeed."""
+    (and the call-list table) in turn, the one that waits says so, and both runs succeed."""
     ingest(database_url, write_rows(tmp_path / "day.csv", [customer(n) for n in range(20)]))
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(_build_views, [database_url] * 2))
@@ -142,12 +142,17 @@ def test_two_first_builds_of_the_dbt_models_at_once_both_succeed(
     ]
     assert waits, "neither run waited for the other's dbt command"
     with psycopg.connect(database_url) as conn:
-        views = conn.execute(
-            "select table_name from information_schema.views where table_schema = 'analytics'"
-            " order by 1"
+        relations = conn.execute(
+            "select table_name, table_type from information_schema.tables"
+            " where table_schema = 'analytics' order by 1"
         ).fetchall()
         features = conn.execute(
             "select count(*) from features.customer_features where snapshot_date = %s", (DAY,)
         ).fetchone()
-    assert views == [("customer_risk_latest",), ("customer_score_history",), ("risk_band_summary",)]
+    assert relations == [
+        ("customer_risk_latest", "BASE TABLE"),
+        ("customer_score_history", "VIEW"),
+        ("risk_band_summary", "VIEW"),
+        ("top_reasons_daily", "VIEW"),
+    ]
     assert features == (20,)
