@@ -11,7 +11,7 @@ PYTHON ?= python3.11
 RUN := $(UV) run --frozen
 PORT ?= 3000
 
-.PHONY: help install demo dev mlflow serve test lint format db-upgrade db-stop clean
+.PHONY: help install demo dev mlflow serve dashboard test lint format db-upgrade db-stop clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ mlflow: install ## MLflow UI on :5000 over the platform's registry (backend stor
 
 serve: install ## Serve the prediction API on :8000 (RETENTION_API_* settings; docs at /docs)
 	$(RUN) retention serve
+
+dashboard: install ## Serve the retention team's dashboard on :8501, read-only (RETENTION_DASHBOARD_*)
+	$(RUN) retention dashboard
 
 test: install ## Run the whole test suite against real Postgres and real dbt (PYTEST_ARGS=… narrows it)
 	$(RUN) pytest $(PYTEST_ARGS)

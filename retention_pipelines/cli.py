@@ -931,6 +931,57 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+@app.command()
+def dashboard(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (RETENTION_DASHBOARD_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RETENTION_DASHBOARD_PORT).")] = None,
+) -> None:
+    """Serve the retention team's dashboard (Streamlit), read as the reader login only."""
+    from retention_pipelines.dashboard.launch import (  # noqa: PLC0415
+        run_until_stopped,
+        streamlit_command,
+    )
+
+    settings = get_settings()
+    # Migrations, the reader role with its login, the registry's copy: as the platform,
+    # which the app, reading as the reader login, never can.
+    url = database.settings_database_url(settings)
+    _sync_model_versions_if_registered(url)
+    bind_host, bind_port = host or settings.dashboard_host, port or settings.dashboard_port
+    console.print(
+        f"dashboard on http://{bind_host}:{bind_port} (read as {settings.reader_login}); "
+        "Ctrl-C stops it",
+        highlight=False,
+    )
+    sys.stdout.flush()
+    status = run_until_stopped(streamlit_command(bind_host, bind_port))
+    console.print("dashboard stopped" if status == 0 else f"dashboard ended ({status})")
+    if status != 0:
+        raise typer.Exit(code=1)
+
+
+def _sync_model_versions_if_registered(url: str) -> None:
+    """Copy the registry to ``ml.model_versions`` when there is a registry (an installation
+    that trained before the copy existed shows its champion at once); a registry that cannot
+    be read leaves the last copy and a warning, not a dashboard that does not start."""
+    settings = get_settings()
+    with database.connect(database.with_database(url, "postgres")) as conn:
+        registry_store = conn.execute(
+            "select 1 from pg_database where datname = %s", (settings.mlflow_database,)
+        ).fetchone()
+    if registry_store is None:
+        return
+    try:
+        _sync_model_versions(_mlflow_client())
+    except Exception as error:  # any failure: the dashboard still serves
+        console.print(
+            f"[yellow]model versions not refreshed from the registry: {_one_line(error)}",
+            highlight=False,
+        )
+
+
 def _serve_metrics(port: int, host: str) -> None:
     """/metrics of every worker on a port of its own (RETENTION_API_METRICS_PORT)."""
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
