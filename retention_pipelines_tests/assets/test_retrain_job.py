@@ -20,6 +20,7 @@ from retention_pipelines.assets.ingestion import raw_customer_snapshot
 from retention_pipelines.churn_model.model import ChurnModel
 from retention_pipelines.core import database, registry
 from retention_pipelines.core.features import feature_frame
+from retention_pipelines.core.warehouse.model_versions import read_model_versions
 from retention_pipelines.definitions import load_definitions
 from retention_pipelines.resources import (
     LandingResource,
@@ -105,7 +106,7 @@ def test_rows(module_database_url: str) -> pd.DataFrame:
 
 
 def test_the_first_training_registers_a_challenger_that_becomes_champion(
-    first_run: dg.ExecuteInProcessResult, mlflow_uri: str
+    first_run: dg.ExecuteInProcessResult, mlflow_uri: str, module_database_url: str
 ) -> None:
     client = MlflowClient(mlflow_uri)
     version = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHALLENGER)
@@ -115,10 +116,26 @@ def test_the_first_training_registers_a_challenger_that_becomes_champion(
     assert version.tags["data_snapshots"] == DAY
     gate = first_run.asset_materializations_for_node("champion_model")[0].metadata
     assert gate["decision"].value == "promoted"
+    # The warehouse's copy of the registry, which the dashboard reads, follows the gate.
+    assert gate["model_versions_synced"].value == 1
+    [synced] = read_model_versions(module_database_url)
+    test_figures = first_run.output_for_node("churn_model_candidates").test
+    assert (synced["model_version"], synced["is_champion"], synced["is_challenger"]) == (
+        "1",
+        True,
+        True,
+    )
+    assert synced["test_roc_auc"] == pytest.approx(test_figures["roc_auc"])
+    assert synced["test_brier"] == pytest.approx(test_figures["brier"])
+    assert synced["training_snapshots"] == DAY
+    assert synced["gate_decision"] == gate["reason"].value
 
 
 def test_a_second_training_is_identical_and_goes_through_the_gate(
-    first_run: dg.ExecuteInProcessResult, resources: dict[str, object], mlflow_uri: str
+    first_run: dg.ExecuteInProcessResult,
+    resources: dict[str, object],
+    mlflow_uri: str,
+    module_database_url: str,
 ) -> None:
     second = _retrain(resources)
     assert second.success
@@ -139,6 +156,10 @@ def test_a_second_training_is_identical_and_goes_through_the_gate(
     client = MlflowClient(mlflow_uri)
     assert registry.champion_version(client) == "2"
     assert client.get_model_version(registry.MODEL_NAME, "2").tags["gate_decision"]
+    assert [
+        (row["model_version"], row["is_champion"])
+        for row in read_model_versions(module_database_url)
+    ] == [("2", True), ("1", False)]
 
 
 def test_month_to_month_customers_score_higher_than_two_year_ones(
