@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 from mlflow import MlflowClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from typer.testing import CliRunner
 
+from retention_pipelines.cli import app
 from retention_pipelines.core import database, registry
 from retention_pipelines.core.ingestion import check_landing_file, read_validated_chunks
 from retention_pipelines.core.warehouse.model_versions import (
@@ -133,6 +136,32 @@ def test_a_sync_without_a_registered_model_empties_the_models_rows_and_leaves_ot
 
     assert sync_model_versions(database_url, empty_registry) == 0
     assert [row["model_name"] for row in read_model_versions(database_url)] == ["another-model"]
+
+
+def test_promoting_or_rolling_back_on_the_command_line_updates_the_warehouses_copy(
+    server_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = f"retention_test_mlflow_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RETENTION_DATABASE_URL", database_url)
+    monkeypatch.setenv("RETENTION_MLFLOW_DATABASE", store)
+    get_settings.cache_clear()
+    try:
+        client = MlflowClient(registry.mlflow_tracking_uri(database_url, store))
+        register_champion(client, test_auc=0.75)
+        register_champion(client, test_auc=0.875)
+        rolled_back = CliRunner().invoke(app, ["model", "rollback", "--reason", "too many calls"])
+        after_rollback = read_model_versions(database_url)
+        promoted = CliRunner().invoke(app, ["model", "promote", "2", "--reason", "fixed"])
+        after_promotion = read_model_versions(database_url)
+    finally:
+        get_settings.cache_clear()
+        database.drop_database(server_url, store)
+
+    assert rolled_back.exit_code == promoted.exit_code == 0, rolled_back.output + promoted.output
+    champions = [[row["is_champion"] for row in rows] for rows in (after_rollback, after_promotion)]
+    assert champions == [[False, True], [True, False]]  # versions 2, 1
+    assert after_promotion[0]["promotion_reason"] == "fixed"
+    assert str(after_promotion[0]["promoted_by"]).startswith("cli:")
 
 
 # ---------- the dbt models over scores and monitoring rows
