@@ -35,7 +35,7 @@ install: .venv/.installed $(DBT_MANIFEST) ## Create .venv, install the locked de
 	@$(RUN) retention env --dotenv .env --keep-existing > /dev/null
 
 # Both write DAGSTER_HOME into ./.env, which Dagster's own commands read in this folder.
-demo: install ## Start the embedded Postgres, build today's partition, serve the Dagster UI on :3000
+demo: install ## Build today, train a first champion (small budget), score today; serve the dashboard (:8501) and Dagster UI (:3000)
 	$(RUN) retention demo --port $(PORT) --dotenv .env
 
 dev: install ## Serve the Dagster UI (webserver and daemon) on the local instance

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,7 +43,7 @@ from retention_pipelines.core.landing import (
     land_file,
     parse_snapshot_date,
 )
-from retention_pipelines.settings import PROJECT_ROOT, get_settings
+from retention_pipelines.settings import get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -608,22 +609,7 @@ def _run_with_progress(
     if verbose:
         return run_job(settings, job, partition_key=partition_key, run_config=run_config)
     with _bar_progress(Console(file=terminal()), transient=True) as progress:
-        steps = progress.add_task(f"{job} {partition_key or ''}".strip(), total=None)
-        bars = {
-            asset: progress.add_task(label, total=None, visible=False)
-            for asset, (label, _, _) in counters.items()
-        }
-
-        def show(update: RunProgress) -> None:
-            progress.update(steps, description=update.describe(), completed=update.steps_done,
-                            total=update.steps_total)  # fmt: skip
-            for asset, (label, done, total) in counters.items():
-                seen = update.observed.get(asset, {})
-                if done in seen:
-                    description = f"{label} {seen['study']}" if "study" in seen else label
-                    progress.update(bars[asset], visible=True, completed=seen[done],
-                                    total=seen.get(total), description=description)  # fmt: skip
-
+        show = _run_progress_view(progress, f"{job} {partition_key or ''}".strip(), counters)
         return run_job(
             settings,
             job,
@@ -745,48 +731,95 @@ def score(snapshot_date: DateOption = "", verbose: VerboseOption = False) -> Non
     )
 
 
+DEMO_COUNTERS = {
+    "churn_model_candidates": ("Optuna trials", "trials_done", "trials_budget"),
+    "churn_risk_scores": ("customers scored", "customers_scored", "customers_total"),
+}
+
+
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(min=1, help="Customers in the demo snapshot.")] = 5_000,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then run dagster dev.")] = True,
-    port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+    customers: Annotated[
+        int, typer.Option(min=1, help="Customers in the demo snapshot (enough to train on).")
+    ] = 5_000,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve/--no-serve", help="Then serve the Dagster UI and the dashboard."),
+    ] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Dagster UI.")] = 3000,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port of the dashboard (default: settings)."),
+    ] = None,
     dotenv: DotenvOption = None,
 ) -> None:
-    """Build today's snapshot and features, print what was built, then serve the Dagster UI."""
-    from retention_pipelines.demo import DemoRunError, run_demo  # noqa: PLC0415
+    """Build today's snapshot, train a first champion when there is none (a small budget),
+    score today, print what was done, then serve the Dagster UI and the dashboard until
+    Ctrl-C. What is already there is reused."""
+    from retention_pipelines.demo import DemoDataError, DemoRunError, run_demo  # noqa: PLC0415
     from retention_pipelines.local_runs import terminal  # noqa: PLC0415
 
     _fail_abandoned_runs()
+    settings = get_settings()
     try:
         with _bar_progress(Console(file=terminal()), transient=True) as progress:
-            task = progress.add_task("building today's snapshot", total=None)
-
-            def show(update: RunProgress) -> None:
-                progress.update(task, description=update.describe(), completed=update.steps_done,
-                                total=update.steps_total)  # fmt: skip
-
+            show = _run_progress_view(progress, "building today's snapshot", DEMO_COUNTERS)
             report = run_demo(
-                get_settings(), customers=customers, on_progress=show, log_path=_log_path("demo")
+                settings, customers=customers, on_progress=show, log_path=_log_path("demo")
             )
     except DemoRunError as failed:
         _report_run(failed.outcome, "")
         raise
+    except DemoDataError as refused:
+        console.print(f"[red]{refused}[/red]", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1) from refused
     if dotenv is not None:
         write_dotenv(dotenv, "DAGSTER_HOME", str(report.dagster_home))
-    _print_report(report)
+    _print_report(report, serving=serve)
     if serve:
-        env = {**os.environ, "DAGSTER_HOME": str(report.dagster_home)}
-        console.print(f"\nDagster UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
-        dagster = shutil.which("dagster") or "dagster"
-        os.execvpe(  # noqa: S606  # hand the terminal to dagster dev
-            dagster,
-            [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)],
-            env,
+        from retention_pipelines.demo_processes import serve_demo  # noqa: PLC0415
+
+        code = serve_demo(
+            settings,
+            dagster_port=port,
+            dashboard_port=dashboard_port or settings.dashboard_port,
+            console=console,
         )
+        raise typer.Exit(code=code)
 
 
-def _print_report(report: DemoReport) -> None:
-    table = Table(title=f"Built partition {report.snapshot_date}")
+def _run_progress_view(
+    progress: Progress, title: str, counters: dict[str, tuple[str, str, str]]
+) -> Callable[[RunProgress], None]:
+    """What shows a run's progress on ``progress``: a bar of its steps and, per asset in
+    ``counters`` (asset: label, done key, total key), a bar of what the asset observed. A
+    run of another job hides the bars of the one before."""
+    steps = progress.add_task(title, total=None)
+    bars = {
+        asset: progress.add_task(label, total=None, visible=False)
+        for asset, (label, _, _) in counters.items()
+    }
+    shown_job: list[str] = []
+
+    def show(update: RunProgress) -> None:
+        if shown_job != [update.job_name]:
+            shown_job[:] = [update.job_name]
+            for bar in bars.values():
+                progress.update(bar, visible=False, completed=0, total=None)
+        progress.update(steps, description=update.describe(), completed=update.steps_done,
+                        total=update.steps_total)  # fmt: skip
+        for asset, (label, done, total) in counters.items():
+            seen = update.observed.get(asset, {})
+            if done in seen:
+                description = f"{label} {seen['study']}" if "study" in seen else label
+                progress.update(bars[asset], visible=True, completed=seen[done],
+                                total=seen.get(total), description=description)  # fmt: skip
+
+    return show
+
+
+def _print_report(report: DemoReport, *, serving: bool = False) -> None:
+    table = Table(title=f"Demo of {report.snapshot_date}")
     table.add_column("what")
     table.add_column("value", justify="right")
     for label, value in report.lines():
@@ -794,9 +827,16 @@ def _print_report(report: DemoReport) -> None:
     console.print(table)
     console.print(
         f"Warehouse: {database.masked_url(report.database_url)}\n"
-        "Look at: raw.customer_snapshots, raw.customer_rejects, features.customer_features\n"
-        "Next: `retention train` (a first champion), then `retention score` (today's scores)"
+        "Look at: ml.churn_risk_scores (today's scores and reasons), "
+        "analytics.customer_risk_latest (the call list), features.customer_features",
+        soft_wrap=True,
     )
+    if not serving:
+        console.print(
+            "See them: `retention dashboard` (the call list), `make dev` (the Dagster UI: Runs, "
+            "the asset graph); `retention train` tunes a model with the full budget",
+            soft_wrap=True,
+        )
     if report.log_path is not None:
         console.print(f"log: {report.log_path}")
 

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +136,13 @@ def run_job(
     *,
     partition_key: str | None = None,
     run_config: Mapping[str, Any] | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
     log_path: Path | None = None,
 ) -> RunOutcome:
-    """Run ``job_name`` in this process on the local instance; ``on_progress`` hears the
-    progress about twice a second. With ``log_path``, everything the run prints goes there.
+    """Run ``job_name`` in this process on the local instance (only the assets of
+    ``asset_selection``, and their checks, when given); ``on_progress`` hears the progress
+    about twice a second. With ``log_path``, everything the run prints goes there.
 
     Runs of this host whose process is gone are marked failed first. SIGINT or SIGTERM
     during the run stops it and raises ``RunInterrupted``; the run's thread may still be
@@ -158,6 +160,7 @@ def run_job(
             results.append(
                 job.execute_in_process(
                     run_config=dict(run_config or {}),
+                    asset_selection=asset_selection,
                     instance=instance,
                     partition_key=partition_key,
                     run_id=run_id,
@@ -168,7 +171,8 @@ def run_job(
         except BaseException as error:  # reported to the caller below
             results.append(error)
 
-    progress = RunProgress(job_name, steps_total=len(job.nodes_in_topological_order))
+    selected = job.get_subset(asset_selection=set(asset_selection)) if asset_selection else job
+    progress = RunProgress(job_name, steps_total=len(selected.nodes_in_topological_order))
     started_before = descendants(os.getpid())
     with _signals_caught() as caught, _output_to(log_path):
         worker = threading.Thread(target=execute, name=f"{job_name}-run", daemon=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 # Fields of /proc/<pid>/stat after the ")" that closes the command name.
-_STATE, _PPID, _STARTTIME = 0, 1, 19
+_STATE, _PPID, _PGRP, _STARTTIME = 0, 1, 2, 19
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,12 @@ class ProcessName:
 
 
 def this_process() -> ProcessName:
-    return ProcessName(socket.gethostname(), os.getpid(), _started(os.getpid()))
+    return process_name(os.getpid())
+
+
+def process_name(pid: int) -> ProcessName:
+    """``pid`` of this host, with its start time where ``/proc`` tells it."""
+    return ProcessName(socket.gethostname(), pid, _started(pid))
 
 
 def is_gone(process: ProcessName) -> bool:
@@ -68,6 +73,18 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def group_members(group: int) -> set[int]:
+    """The processes of process group ``group`` still running or not yet reaped, from
+    ``/proc`` (none where there is none)."""
+    return {
+        int(entry.name)
+        for entry in (PROC.iterdir() if PROC.is_dir() else ())
+        if entry.name.isdigit()
+        and (stat := _stat(int(entry.name))) is not None
+        and int(stat[_PGRP]) == group
+    }
+
+
 def command_line(pid: int) -> str:
     """The command line of ``pid``, its arguments joined by spaces ("" where unknown)."""
     try:
@@ -81,7 +98,7 @@ def terminate(pids: Iterable[int], grace_s: float = 5.0, kill_wait_s: float = 2.
     """SIGTERM each process, SIGKILL those still running after ``grace_s`` seconds, then
     wait up to ``kill_wait_s`` for them to be gone (a killed process ends when it is next
     scheduled, not at once)."""
-    running = {ProcessName(socket.gethostname(), pid, _started(pid)) for pid in pids}
+    running = {process_name(pid) for pid in pids}
     for process in running:
         _signal(process.pid, signal.SIGTERM)
     running = _wait_until_gone(running, grace_s)

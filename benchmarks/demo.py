@@ -1,0 +1,142 @@
+"""How long ``make demo`` takes a newcomer: cold (build, train, score), a second time, and
+until the dashboard and the Dagster UI answer.
+
+    uv run python benchmarks/demo.py [--customers 5000]
+
+Runs ``retention demo`` as a person does, in a fresh temporary home on the embedded Postgres
+(RETENTION_DATABASE_URL is left out, as on a fresh clone):
+
+1. ``retention demo --no-serve`` cold: seconds of each stage, read back from the Dagster
+   runs it made (build = daily_snapshot_job, train = retrain_job on the demo's budget,
+   score = nightly_scoring_job's scoring, analytics and monitoring), and in all, with the
+   embedded server's first start and the command's own start;
+2. ``retention demo --no-serve`` again: everything reused;
+3. ``retention demo`` serving: seconds until both URLs answer (from the command's start, and
+   from its "starting" line), then SIGINT and the seconds until it has stopped.
+
+``make install`` (uv sync, dbt parse) comes before all this on a fresh clone and is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+
+from retention_pipelines.core.database import stop_embedded_server
+
+RETENTION = str(Path(sys.executable).parent / "retention")
+STAGES = {"build": "daily_snapshot_job", "train": "retrain_job", "score": "nightly_scoring_job"}
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary home.")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="retention-demo-bench-"))
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("RETENTION_DATABASE_URL", "DAGSTER_HOME")
+    }
+    environment["RETENTION_HOME_DIR"] = str(home)
+    demo = [RETENTION, "demo", "--customers", str(args.customers)]
+    try:
+        cold = _timed([*demo, "--no-serve"], environment)
+        stages = _stage_seconds(home / "dagster_home")
+        second = _timed([*demo, "--no-serve"], environment)
+        served = _serve(demo, environment)
+    finally:
+        stop_embedded_server(home / "pgdata")
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    print(f"customers: {args.customers:,}; home: {home}{'' if args.keep else ' (removed)'}")
+    for stage, seconds in stages.items():
+        print(f"{stage:>12}: {seconds:6.1f} s ({STAGES[stage]})")
+    print(f"{'cold total':>12}: {cold:6.1f} s (retention demo --no-serve, first run)")
+    print(f"{'second run':>12}: {second:6.1f} s (retention demo --no-serve, all reused)")
+    print(f"{'serve-ready':>12}: {served['ready']:6.1f} s (retention demo to both URLs answering;"
+          f" {served['services']:.1f} s of it starting the services)")  # fmt: skip
+    print(f"{'stop':>12}: {served['stop']:6.1f} s (SIGINT to exit)")
+
+
+def _timed(command: list[str], environment: dict[str, str]) -> float:
+    started = time.perf_counter()
+    completed = subprocess.run(  # the project's own command
+        command, env=environment, capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        sys.exit(f"{' '.join(command[1:])} failed:\n{completed.stdout}{completed.stderr}")
+    return time.perf_counter() - started
+
+
+def _stage_seconds(dagster_home: Path) -> dict[str, float]:
+    """Seconds of each stage's run, from the Dagster instance's run records."""
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    seconds = {}
+    for stage, job in STAGES.items():
+        [record] = instance.get_run_records(filters=dg.RunsFilter(job_name=job), limit=1)
+        if record.start_time is None or record.end_time is None:
+            sys.exit(f"the {job} run has no start or end time")
+        seconds[stage] = record.end_time - record.start_time
+    return seconds
+
+
+def _serve(demo: list[str], environment: dict[str, str]) -> dict[str, float]:
+    """The demo serving: seconds to both URLs answering (from the start, and from the
+    "starting" line), and from SIGINT to its exit."""
+    ports = _free_port(), _free_port()
+    urls = [f"http://127.0.0.1:{ports[0]}/server_info",
+            f"http://127.0.0.1:{ports[1]}/_stcore/health"]  # fmt: skip
+    command = [*demo, "--port", str(ports[0]), "--dashboard-port", str(ports[1])]
+    started = time.perf_counter()
+    process = subprocess.Popen(  # the project's own command
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    starting = None
+    for line in process.stdout or ():
+        if line.startswith("starting the dashboard"):
+            starting = time.perf_counter()
+        if line.startswith("Ctrl-C stops"):
+            break
+    if starting is None or process.poll() is not None or not all(map(_answers, urls)):
+        process.kill()
+        sys.exit(f"retention demo did not serve (exit {process.wait()})")
+    ready = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    return {
+        "ready": ready - started,
+        "services": ready - starting,
+        "stop": time.perf_counter() - ready,
+    }
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+if __name__ == "__main__":
+    main()

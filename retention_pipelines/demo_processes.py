@@ -1,0 +1,400 @@
+"""What ``make demo`` serves after its runs: the Dagster UI (``dagster dev``) and the
+dashboard (``retention dashboard``), watched by a small supervisor.
+
+Each service runs in a session and process group of its own, so that everything it starts
+(the webserver, the daemon and the code server under ``dagster dev``) can be stopped
+together by signalling the group, and so that Ctrl-C in the terminal reaches the demo alone,
+which then stops the services in order. Stopping is SIGTERM to each group, a wait, then
+SIGKILL to what is left of the groups and of what the services started outside them
+(Streamlit, under ``retention dashboard``): within ``STOP_TIMEOUT_S`` seconds, whatever the
+services do with SIGTERM.
+
+A service counts as ready when its health URL answers 200 (the webserver's ``/server_info``,
+Streamlit's ``/_stcore/health``). When a service ends on its own, the other is stopped and
+the demo exits non-zero, naming the service's log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+
+from retention_pipelines.core.processes import (
+    ProcessName,
+    descendants,
+    group_members,
+    is_gone,
+    process_name,
+)
+from retention_pipelines.settings import PROJECT_ROOT, RetentionSettings
+
+# Ctrl-C to the last process gone: the issue's promise. SIGTERM gets the most of it.
+STOP_TIMEOUT_S = 10.0
+TERM_GRACE_S = 7.0
+# A first `dagster dev` loads the definitions and the dbt manifest on a busy 2-core machine.
+READY_TIMEOUT_S = 240.0
+POLL_S = 0.2
+# Ready checks never go through a proxy from the environment: the services are local.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class Service:
+    """A process the demo starts and what says it is serving."""
+
+    name: str
+    command: Sequence[str]
+    # Answers 200 once the service serves; what a person opens is ``url``.
+    health_url: str
+    url: str
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    # What to look at there, for the person who opens it.
+    look_at: str = ""
+
+
+class ServiceError(RuntimeError):
+    """A service ended on its own, or never answered: the demo cannot go on."""
+
+    def __init__(self, service: Service, reason: str) -> None:
+        super().__init__(f"{service.name} {reason} (log: {service.log_path})")
+        self.service = service
+
+
+@dataclass
+class StopReport:
+    """What stopping the services took: per service, the processes that ended on SIGTERM and
+    those that needed SIGKILL; and the processes still there after all (none, normally)."""
+
+    seconds: float = 0.0
+    terminated: dict[str, int] = field(default_factory=dict)
+    killed: dict[str, int] = field(default_factory=dict)
+    left: list[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [
+            f"{name}: {count} process{'es' if count != 1 else ''} stopped"
+            + (f", {self.killed[name]} killed" if self.killed.get(name) else "")
+            for name, count in self.terminated.items()
+        ]
+        text = f"stopped in {self.seconds:.1f} s ({'; '.join(parts) or 'nothing was running'})"
+        if self.left:
+            text += f"; still running: pids {', '.join(map(str, sorted(self.left)))}"
+        return text
+
+
+@dataclass
+class _Running:
+    service: Service
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+class Supervisor:
+    """Starts services in their own process groups, waits until they answer, watches them,
+    and stops them all."""
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        *,
+        term_grace_s: float = TERM_GRACE_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> None:
+        if term_grace_s >= stop_timeout_s:
+            raise ValueError("SIGTERM's grace must leave time for SIGKILL within the timeout")
+        self.services = list(services)
+        self.term_grace_s = term_grace_s
+        self.stop_timeout_s = stop_timeout_s
+        self.running: list[_Running] = []
+        # The signal that asked to stop (its name), set by :meth:`signals_handled`.
+        self.stop_requested = threading.Event()
+        self.stop_signal: str | None = None
+
+    def start(self) -> None:
+        for service in self.services:
+            service.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = service.log_path.open("ab")
+            try:
+                process = subprocess.Popen(  # noqa: S603  # the demo's own commands
+                    list(service.command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(service.env) if service.env is not None else None,
+                    cwd=service.cwd,
+                    start_new_session=True,  # its own session and process group
+                )
+            except BaseException:
+                log.close()
+                raise
+            self.running.append(_Running(service, process, log))
+
+    def pids(self) -> dict[str, int]:
+        """Each started service's process (the leader of its group)."""
+        return {run.service.name: run.process.pid for run in self.running}
+
+    def processes(self) -> set[int]:
+        """Every process the services run now: their groups, and what they started
+        elsewhere."""
+        found: set[int] = set()
+        for run in self.running:
+            found |= group_members(run.process.pid) | descendants(run.process.pid)
+            if run.process.poll() is None:
+                found.add(run.process.pid)
+        return found
+
+    def wait_ready(
+        self, timeout_s: float = READY_TIMEOUT_S, on_ready: Callable[[Service], None] | None = None
+    ) -> bool:
+        """Wait until every service answers its health URL; False when a stop was asked
+        meanwhile. Raises :class:`ServiceError` for a service that ended or never answered."""
+        waiting = list(self.running)
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            if self.stop_requested.is_set():
+                return False
+            self._check_alive()
+            for run in list(waiting):
+                if _answers(run.service.health_url):
+                    waiting.remove(run)
+                    if on_ready is not None:
+                        on_ready(run.service)
+            if waiting and time.monotonic() > deadline:
+                raise ServiceError(
+                    waiting[0].service,
+                    f"did not answer {waiting[0].service.health_url} within {timeout_s:.0f} s",
+                )
+            if waiting:
+                self.stop_requested.wait(POLL_S)
+        return True
+
+    def wait(self) -> None:
+        """Until a stop is asked (returns) or a service ends on its own (raises
+        :class:`ServiceError`)."""
+        while not self.stop_requested.wait(POLL_S):
+            self._check_alive()
+
+    def _check_alive(self) -> None:
+        for run in self.running:
+            code = run.process.poll()
+            if code is not None:
+                raise ServiceError(run.service, f"exited with code {code}")
+
+    def stop(self) -> StopReport:
+        """SIGTERM to each service's process group; after the grace, SIGKILL to what is left
+        of it and of what it started outside it; all within the stop timeout.
+
+        A process a service started in a group of its own (``retention dashboard`` runs
+        Streamlit so) hears SIGTERM from its parent, as the service decides, not twice."""
+        began = time.monotonic()
+        report = StopReport()
+        if not self.running:
+            return report
+        trees = {run.service.name: self._tree(run) for run in self.running}
+        for run in self.running:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.process.pid, signal.SIGTERM)
+        every = {process for tree in trees.values() for process in tree}
+        left = self._wait_gone(every, began + self.term_grace_s)
+        for run in self.running:
+            name = run.service.name
+            stubborn = trees[name] & left
+            report.terminated[name] = len(trees[name] - stubborn)
+            report.killed[name] = len(stubborn)
+            if stubborn:
+                _kill(run.process.pid, stubborn)
+        left = self._wait_gone(left, began + self.stop_timeout_s)
+        report.left = sorted(process.pid for process in left)
+        for run in self.running:
+            run.log.close()
+        self.running = []
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _tree(self, run: _Running) -> set[ProcessName]:
+        pids = group_members(run.process.pid) | descendants(run.process.pid) | {run.process.pid}
+        return {process_name(pid) for pid in pids}
+
+    def _wait_gone(self, processes: set[ProcessName], deadline: float) -> set[ProcessName]:
+        """Those of ``processes`` still running at ``deadline`` (the services' own processes
+        reaped as they end, so that they are seen gone)."""
+        while True:
+            for run in self.running:
+                run.process.poll()
+            processes = {process for process in processes if not is_gone(process)}
+            if not processes or time.monotonic() >= deadline:
+                return processes
+            time.sleep(0.05)
+
+    @contextmanager
+    def signals_handled(self) -> Iterator[None]:
+        """SIGINT and SIGTERM ask for a stop (noted, acted on by the waits) instead of
+        interrupting whatever runs; a second one changes nothing. Main thread only."""
+
+        def note(number: int, _frame: object) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signal.Signals(number).name
+            self.stop_requested.set()
+
+        previous = {
+            number: signal.signal(number, note) for number in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+def _kill(leader: int, processes: set[ProcessName]) -> None:
+    """SIGKILL to the group ``leader`` leads and to each of ``processes`` still there."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+    for process in processes:
+        if not is_gone(process):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(process.pid, signal.SIGKILL)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# --- the demo's two services ---------------------------------------------------------------
+
+
+def _executable(name: str) -> str:
+    """A command of this environment: beside this Python first (the project's virtual
+    environment, whatever PATH says), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    import shutil  # noqa: PLC0415
+
+    return shutil.which(name) or name
+
+
+def demo_services(
+    settings: RetentionSettings, *, dagster_port: int, dashboard_port: int, stamp: str
+) -> list[Service]:
+    """``dagster dev`` on the local instance and ``retention dashboard``, logging under
+    ``$RETENTION_HOME_DIR/logs``."""
+    logs = settings.home_dir / "logs"
+    environment = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    dagster = f"http://127.0.0.1:{dagster_port}"
+    host = settings.dashboard_host
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    dashboard = f"http://{shown_host}:{dashboard_port}"
+    workspace = str(PROJECT_ROOT / "workspace.yaml")
+    dagster_dev = [_executable("dagster"), "dev", "-w", workspace, "-h", "127.0.0.1"]
+    retention_dashboard = [_executable("retention"), "dashboard", "--host", host]
+    return [
+        Service(
+            name="Dashboard",
+            command=[*retention_dashboard, "--port", str(dashboard_port)],
+            health_url=f"{dashboard}/_stcore/health",
+            url=dashboard,
+            log_path=logs / f"demo-dashboard-{stamp}.log",
+            env=environment,
+            cwd=PROJECT_ROOT,
+            look_at=(
+                "the Call list first: today's customers by churn risk and why each one is at "
+                "risk; then Customer, Trends and Model health"
+            ),
+        ),
+        Service(
+            name="Dagster UI",
+            command=[*dagster_dev, "-p", str(dagster_port)],
+            health_url=f"{dagster}/server_info",
+            url=dagster,
+            log_path=logs / f"demo-dagster-{stamp}.log",
+            env=environment,
+            # Not the project folder: Dagster's commands load ./.env over the environment,
+            # and a .env there may name another DAGSTER_HOME than this demo's.
+            cwd=settings.dagster_home,
+            look_at=(
+                f"Runs ({dagster}/runs): the demo's build, training and scoring runs; the "
+                f"asset graph ({dagster}/asset-groups): what each run built"
+            ),
+        ),
+    ]
+
+
+def serve_demo(
+    settings: RetentionSettings,
+    *,
+    dagster_port: int,
+    dashboard_port: int,
+    console: Console,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> int:
+    """Serve the dashboard and the Dagster UI until SIGINT or SIGTERM; the exit code."""
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")  # the operator's clock
+    services = demo_services(
+        settings, dagster_port=dagster_port, dashboard_port=dashboard_port, stamp=stamp
+    )
+    console.print("\nstarting the dashboard and the Dagster UI ...", highlight=False)
+    return supervise(services, console=console, ready_timeout_s=ready_timeout_s)
+
+
+def supervise(
+    services: Sequence[Service],
+    *,
+    console: Console,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    supervisor: Supervisor | None = None,
+) -> int:
+    """Start ``services``, print where they are once all answer, and keep them until SIGINT
+    or SIGTERM (exit code 0) or until one of them fails (1, with its log); then stop them
+    all, and say so."""
+    supervisor = supervisor or Supervisor(services)
+    code = 0
+    with supervisor.signals_handled():
+        try:
+            supervisor.start()
+            if supervisor.wait_ready(ready_timeout_s):
+                _print_urls(console, services)
+                supervisor.wait()
+        except ServiceError as failed:
+            console.print(f"[red]{failed}[/red]", soft_wrap=True, highlight=False)
+            code = 1
+        finally:
+            report = supervisor.stop()
+    why = f" ({supervisor.stop_signal})" if supervisor.stop_signal else ""
+    console.print(f"stopped{why}: {report.describe()}", soft_wrap=True, highlight=False)
+    return 1 if report.left else code
+
+
+def _print_urls(console: Console, services: Sequence[Service]) -> None:
+    width = max(len(service.name) for service in services) + 2
+    lines = [
+        f"{service.name:<{width}}{service.url}"
+        + (f"\n  {service.look_at}" if service.look_at else "")
+        for service in services
+    ]
+    logs = ", ".join(str(service.log_path) for service in services)
+    console.print(
+        "\n" + "\n".join(lines) + f"\nlogs: {logs}\nCtrl-C stops everything the demo started.",
+        soft_wrap=True,
+        highlight=False,
+    )
