@@ -212,7 +212,6 @@ def realised_auc_chart(performance: pd.DataFrame) -> alt.Chart:
                 scale=alt.Scale(domain=["realised", "at training"], range=[[1, 0], [6, 4]]),
                 legend=alt.Legend(title=None),
             ),
-            shape=alt.Shape("series:N", legend=None),
             tooltip=[
                 date_tip("score_date"),
                 "series:N",

@@ -2,8 +2,8 @@
 stops with the command that started it.
 
 Streamlit runs in a child process of its own process group: a Ctrl-C at the terminal reaches
-the ``retention`` command only, which passes it on once (a second SIGINT would make uvicorn
-skip its graceful shutdown), waits for the server to stop and, past a grace period, kills it.
+the ``retention`` command only, which asks the server once to stop (a second signal would make
+uvicorn skip its graceful shutdown), waits for it and, past a grace period, kills it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def run_until_stopped(command: list[str], *, grace_s: float = 10.0) -> int:
     asked: list[float] = []
 
     def forward(signum: int, frame: object) -> None:
+        # SIGTERM whatever was asked: after its graceful shutdown uvicorn raises the signal it
+        # caught again, and a SIGINT would end Streamlit's command as "Aborted!", status 1.
         if not asked and child.poll() is None:
-            child.send_signal(signum)
+            child.send_signal(signal.SIGTERM)
         asked.append(time.monotonic())
 
     previous = {number: signal.signal(number, forward) for number in STOP_SIGNALS}

@@ -14,7 +14,7 @@ of them, and the tests call them directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any, Final, TypeVar
@@ -419,7 +419,7 @@ def call_list_copy_query(filters: CallListFilter) -> tuple[sql.Composed, list[An
 
 def stream_call_list_csv(
     conn: psycopg.Connection, filters: CallListFilter, chunk_bytes: int = CSV_CHUNK_BYTES
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The filtered call list as CSV, in chunks of about ``chunk_bytes``: one COPY read as
     it arrives, so memory follows the chunk, never the row count."""
     query, params = call_list_copy_query(filters)

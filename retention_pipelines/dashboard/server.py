@@ -1,68 +1,13 @@
-"""What ``retention dashboard`` serves: the Streamlit app and, beside it, the call list's CSV
-export (``/export/call-list.csv?<filters>``).
-
-The export is a plain HTTP route, not a Streamlit download button: a button would build the
-whole file in the server's memory on every rerun. Here one ``COPY ... TO STDOUT`` streams the
-filtered call list straight into the response, a chunk at a time, however many rows it has.
-The filters come from the query string through the same validation as the page's widgets
-(``CallListFilter``); a bad one is answered 400 with the reason.
+"""What ``retention dashboard`` serves: the Streamlit app (``app.py`` and its pages) and, beside
+it, the call list's CSV export route (``export.py``).
 
 ``streamlit run retention_pipelines/dashboard/server.py`` finds ``app`` and serves both.
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import streamlit as st
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from retention_pipelines.dashboard.connection import reader_connection
-from retention_pipelines.dashboard.presentation import EXPORT_PATH
-from retention_pipelines.dashboard.queries import CallListFilter, stream_call_list_csv
-from retention_pipelines.settings import get_settings
-
-
-def export_call_list(request: Request) -> Response:
-    """The filtered call list as CSV with a header, streamed. A plain function: Starlette
-    runs it, and the stream's reads, in its thread pool, off the event loop."""
-    try:
-        filters = CallListFilter.from_query_params(request.query_params.multi_items())
-    except ValueError as error:
-        return PlainTextResponse(f"bad filter: {error}\n", status_code=400)
-    conn = reader_connection(get_settings())
-    chunks = stream_call_list_csv(conn, filters)
-    try:
-        # The COPY starts here: a failure is an error answer, not a truncated file.
-        first = next(chunks, b"")
-    except BaseException:
-        conn.close()
-        raise
-    return StreamingResponse(
-        _then_close(first, chunks, conn),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": 'attachment; filename="call-list.csv"',
-            "Cache-Control": "no-store",
-        },
-    )
-
-
-def _then_close(first: bytes, chunks: Iterator[bytes], conn: psycopg.Connection) -> Iterator[bytes]:
-    """The stream's chunks; its connection is closed at the end or when the client leaves
-    (the COPY still running is cancelled with it)."""
-    try:
-        yield first
-        yield from chunks
-    finally:
-        chunks.close()  # type: ignore[attr-defined]  # a generator
-        conn.close()
-
-
-ROUTES = [Route(EXPORT_PATH, export_call_list, methods=["GET"])]
+from retention_pipelines.dashboard.export import ROUTES
 
 app = st.App(Path(__file__).with_name("app.py"), routes=ROUTES)
