@@ -150,9 +150,10 @@ def test_two_first_builds_of_the_dbt_models_at_once_both_succeed(
             "select count(*) from features.customer_features where snapshot_date = %s", (DAY,)
         ).fetchone()
     assert relations == [
+        ("call_list_facets", "BASE TABLE"),
         ("customer_risk_latest", "BASE TABLE"),
         ("customer_score_history", "VIEW"),
-        ("risk_band_summary", "VIEW"),
-        ("top_reasons_daily", "VIEW"),
+        ("risk_band_summary", "BASE TABLE"),
+        ("top_reasons_daily", "BASE TABLE"),
     ]
     assert features == (20,)

@@ -1,13 +1,31 @@
 {#-
     How each day's scored customers split into risk bands: the trend a business user follows,
     and a quick check that a new model did not move everyone into one band.
+    An incremental table: the first build counts every scored day, then each partition run
+    replaces its own day (delete+insert on snapshot_date), so the trend pages read a few rows
+    per day whatever the number of customers.
 -#}
+
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='snapshot_date',
+        on_schema_change='fail',
+        indexes=[{'columns': ['snapshot_date']}],
+    )
+}}
+
+{%- set snapshot_date = var('snapshot_date', none) %}
 
 with
 
 scores as (
 
     select * from {{ source('ml', 'churn_risk_scores') }}
+    {%- if is_incremental() and snapshot_date is not none %}
+    where snapshot_date = cast('{{ snapshot_date }}' as date)
+    {%- endif %}
 
 ),
 

@@ -1,13 +1,30 @@
 {#-
     What most often puts customers at risk, per scored day: each customer's strongest reason
     (top_reason_1) counted, the trend page's "most frequent first reasons".
+    An incremental table, built like risk_band_summary: every day at first, then each
+    partition run replaces its own day.
 -#}
+
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='snapshot_date',
+        on_schema_change='fail',
+        indexes=[{'columns': ['snapshot_date']}],
+    )
+}}
+
+{%- set snapshot_date = var('snapshot_date', none) %}
 
 with
 
 scores as (
 
     select * from {{ source('ml', 'churn_risk_scores') }}
+    {%- if is_incremental() and snapshot_date is not none %}
+    where snapshot_date = cast('{{ snapshot_date }}' as date)
+    {%- endif %}
 
 ),
 
