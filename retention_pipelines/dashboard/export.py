@@ -5,7 +5,8 @@ A plain HTTP route rather than a Streamlit download button: a button would build
 file in the server's memory on every rerun. Here one ``COPY ... TO STDOUT`` streams the
 filtered call list straight into the response, a chunk at a time, however many rows it has.
 The filters come from the query string through the same validation as the page's widgets
-(``CallListFilter``); a bad one is answered 400 with the reason.
+(``CallListFilter``); a bad one is answered 400 with the reason, and 404 says so before the
+first scores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from retention_pipelines.dashboard.connection import reader_connection
-from retention_pipelines.dashboard.presentation import EXPORT_PATH
+from retention_pipelines.dashboard.presentation import EXPORT_PATH, NO_SCORES
 from retention_pipelines.dashboard.queries import CallListFilter, stream_call_list_csv
 from retention_pipelines.settings import get_settings
 
@@ -35,6 +36,9 @@ def export_call_list(request: Request) -> Response:
     try:
         # The COPY starts here: a failure is an error answer, not a truncated file.
         first = next(chunks, b"")
+    except psycopg.errors.UndefinedTable:
+        conn.close()  # before the first nightly build: no call list yet
+        return PlainTextResponse(f"{NO_SCORES}\n", status_code=404)
     except BaseException:
         conn.close()
         raise

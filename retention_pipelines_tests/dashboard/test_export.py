@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from retention_pipelines.dashboard import export, queries
 from retention_pipelines.dashboard.connection import reader_connection
-from retention_pipelines.dashboard.presentation import export_href
+from retention_pipelines.dashboard.presentation import NO_SCORES, export_href
 from retention_pipelines.dashboard.queries import CallListFilter
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.dashboard.warehouse import LATEST_DAY, ScoredWarehouse
@@ -84,3 +84,9 @@ def test_the_export_streams_in_bounded_chunks(on_scored: ScoredWarehouse) -> Non
     assert len(chunks) > 10
     # A chunk is cut after the row that fills it: never much more than the chunk size.
     assert max(len(chunk) for chunk in chunks) < 16_384 + 1_024
+
+
+def test_before_the_first_scores_the_export_says_what_to_run(on_empty: str) -> None:
+    with TestClient(Starlette(routes=export.ROUTES)) as test_client:
+        response = test_client.get("/export/call-list.csv")
+    assert (response.status_code, response.text.strip()) == (404, NO_SCORES)
