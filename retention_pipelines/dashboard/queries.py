@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 CUSTOMER_RISK_LATEST: Final = sql.SQL("analytics.customer_risk_latest")
+CALL_LIST_FACETS: Final = sql.SQL("analytics.call_list_facets")
 CUSTOMER_SCORE_HISTORY: Final = sql.SQL("analytics.customer_score_history")
 RISK_BAND_SUMMARY: Final = sql.SQL("analytics.risk_band_summary")
 TOP_REASONS_DAILY: Final = sql.SQL("analytics.top_reasons_daily")
@@ -245,11 +246,15 @@ def filter_conditions(filters: CallListFilter) -> tuple[sql.Composed, list[Any]]
             "internet_service = any(%s)",
             (list(filters.internet_services),),
         ),
+        # The few distinct reason texts that match are found first, once (in the facets'
+        # list of the date's reasons), then the customers by equality: no pattern is
+        # matched against every customer's three reasons.
         (
             bool(filters.reason_contains),
-            "(top_reason_1 ilike %s escape '\\' or top_reason_2 ilike %s escape '\\'"
-            " or top_reason_3 ilike %s escape '\\')",
-            (pattern, pattern, pattern),
+            "array[top_reason_1, top_reason_2, top_reason_3] && (select array("
+            "select reason from analytics.call_list_facets, unnest(reasons) as reason"
+            " where reason ilike %s escape '\\'))",
+            (pattern,),
         ),
     ]
     conditions: list[sql.Composable] = [
@@ -322,22 +327,15 @@ class LatestScores:
 
 @_until_built(None)
 def latest_scores(conn: psycopg.Connection) -> LatestScores | None:
-    """The latest scored date of the call list with its filter choices; None: no scores yet."""
+    """The latest scored date of the call list with its filter choices, from the one row dbt
+    keeps of them (no scan of the date's customers); None: no scores yet."""
     row = _row(
         conn,
         sql.SQL(
-            "select snapshot_date, count(*) as customers,"
-            " array_agg(distinct contract) filter (where contract is not null) as contracts,"
-            " array_agg(distinct payment_method) filter (where payment_method is not null)"
-            "  as payment_methods,"
-            " array_agg(distinct internet_service) filter (where internet_service is not null)"
-            "  as internet_services,"
-            " coalesce(min(tenure_months), 0) as tenure_min,"
-            " coalesce(max(tenure_months), 0) as tenure_max"
-            " from {latest}"
-            " where snapshot_date = (select max(snapshot_date) from {latest})"
-            " group by snapshot_date"
-        ).format(latest=CUSTOMER_RISK_LATEST),
+            "select snapshot_date, customers, contracts, payment_methods, internet_services,"
+            " coalesce(tenure_min, 0) as tenure_min, coalesce(tenure_max, 0) as tenure_max"
+            " from {} order by snapshot_date desc limit 1"
+        ).format(CALL_LIST_FACETS),
     )
     if row is None:
         return None

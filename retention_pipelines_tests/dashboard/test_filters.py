@@ -82,7 +82,7 @@ def test_only_the_filters_set_narrow_the_query_and_every_value_is_a_parameter() 
     where, params = filter_conditions(EVERY_FILTER)
     text = where.as_string(None)
     assert "50%" not in text and "Fiber optic" not in text  # values travel as parameters
-    assert text.count("%s") == len(params) == 11
+    assert text.count("%s") == len(params) == 9
     # Every band chosen is no filter at all.
     assert filter_conditions(CallListFilter(bands=("low", "high", "medium")))[1] == []
 
