@@ -79,10 +79,11 @@ def test_only_the_filters_set_narrow_the_query_and_every_value_is_a_parameter() 
     where, params = filter_conditions(CallListFilter())
     assert "snapshot_date = (select max(snapshot_date)" in where.as_string(None)
     assert params == []
-    where, params = filter_conditions(EVERY_FILTER)
+    where, params = filter_conditions(EVERY_FILTER, ["Offer: 50% off & more"])
     text = where.as_string(None)
     assert "50%" not in text and "Fiber optic" not in text  # values travel as parameters
-    assert text.count("%s") == len(params) == 9
+    assert text.count("%s") == len(params) == 11
+    assert params[-1] == ["Offer: 50% off & more"]
     # Every band chosen is no filter at all.
     assert filter_conditions(CallListFilter(bands=("low", "high", "medium")))[1] == []
 
