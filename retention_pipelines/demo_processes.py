@@ -364,16 +364,26 @@ def supervise(
     ready_timeout_s: float = READY_TIMEOUT_S,
     supervisor: Supervisor | None = None,
 ) -> int:
-    """Start ``services``, print where they are once all answer, and keep them until SIGINT
-    or SIGTERM (exit code 0) or until one of them fails (1, with its log); then stop them
-    all, and say so."""
+    """Start ``services``, say where each one is as soon as it answers (the dashboard is
+    usually up well before the Dagster UI has loaded the code location), and keep them until
+    SIGINT or SIGTERM (exit code 0) or until one of them fails (1, with its log); then stop
+    them all, and say so."""
     supervisor = supervisor or Supervisor(services)
+    width = max(len(service.name) for service in services) + 2
+
+    def ready(service: Service) -> None:
+        look_at = f"\n  {service.look_at}" if service.look_at else ""
+        console.print(f"{service.name:<{width}}{service.url}{look_at}", soft_wrap=True,
+                      highlight=False)  # fmt: skip
+
     code = 0
     with supervisor.signals_handled():
         try:
             supervisor.start()
-            if supervisor.wait_ready(ready_timeout_s):
-                _print_urls(console, services)
+            if supervisor.wait_ready(ready_timeout_s, on_ready=ready):
+                logs = ", ".join(str(service.log_path) for service in services)
+                console.print(f"logs: {logs}\nCtrl-C stops everything the demo started.",
+                              soft_wrap=True, highlight=False)  # fmt: skip
                 supervisor.wait()
         except ServiceError as failed:
             console.print(f"[red]{failed}[/red]", soft_wrap=True, highlight=False)
@@ -383,18 +393,3 @@ def supervise(
     why = f" ({supervisor.stop_signal})" if supervisor.stop_signal else ""
     console.print(f"stopped{why}: {report.describe()}", soft_wrap=True, highlight=False)
     return 1 if report.left else code
-
-
-def _print_urls(console: Console, services: Sequence[Service]) -> None:
-    width = max(len(service.name) for service in services) + 2
-    lines = [
-        f"{service.name:<{width}}{service.url}"
-        + (f"\n  {service.look_at}" if service.look_at else "")
-        for service in services
-    ]
-    logs = ", ".join(str(service.log_path) for service in services)
-    console.print(
-        "\n" + "\n".join(lines) + f"\nlogs: {logs}\nCtrl-C stops everything the demo started.",
-        soft_wrap=True,
-        highlight=False,
-    )
