@@ -14,7 +14,12 @@ import pandas as pd
 import psycopg
 import pytest
 
-from retention_pipelines_tests.helpers import TELCO_CSV, TELCO_DAY, build_snapshot
+from retention_pipelines_tests.helpers import (
+    TELCO_CSV,
+    TELCO_DAY,
+    build_snapshot,
+    throwaway_database,
+)
 
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="retention-tests-"))
 
@@ -42,16 +47,8 @@ def server_url() -> str:
 
 
 def _fresh_database(server_url: str) -> Iterator[str]:
-    from retention_pipelines.core import database  # noqa: PLC0415
-
-    name = f"retention_test_{uuid.uuid4().hex[:10]}"
-    database.ensure_database(server_url, name)
-    url = database.with_database(server_url, name)
-    database.upgrade(url)
-    try:
+    with throwaway_database(server_url) as url:
         yield url
-    finally:
-        database.drop_database(server_url, name)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,21 @@ TELCO_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "telco_cus
 TELCO_DAY = "2026-01-15"
 
 
+@contextmanager
+def throwaway_database(server_url: str) -> Iterator[str]:
+    """A migrated database of its own on ``server_url``, dropped on exit."""
+    from retention_pipelines.core import database  # noqa: PLC0415
+
+    name = f"retention_test_{uuid.uuid4().hex[:10]}"
+    database.ensure_database(server_url, name)
+    url = database.with_database(server_url, name)
+    database.upgrade(url)
+    try:
+        yield url
+    finally:
+        database.drop_database(server_url, name)
+
+
 def build_snapshot(url: str, csv: Path, day: str, target_path: Path) -> None:
     """Ingest ``csv`` as the snapshot of ``day`` and build its features with the real dbt
     project, as the nightly job does."""

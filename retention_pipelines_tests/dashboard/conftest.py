@@ -4,7 +4,6 @@ one, and the platform's settings pointed at either, as the app reads them."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,19 +13,16 @@ import pytest
 from retention_pipelines.core import database
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.dashboard.warehouse import ScoredWarehouse, build_scored_warehouse
+from retention_pipelines_tests.helpers import throwaway_database
 
 
 @contextmanager
 def _throwaway_database(server_url: str) -> Iterator[str]:
-    name = f"retention_test_{uuid.uuid4().hex[:10]}"
-    database.ensure_database(server_url, name)
-    url = database.with_database(server_url, name)
-    database.upgrade(url)
-    try:
-        yield url
-    finally:
-        _close_app_pools()
-        database.drop_database(server_url, name)
+    with throwaway_database(server_url) as url:
+        try:
+            yield url
+        finally:
+            _close_app_pools()
 
 
 def _close_app_pools() -> None:

@@ -51,19 +51,6 @@ class ServingPlatform:
 
 
 @contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A migrated database of its own on ``server_url``, dropped on exit."""
-    name = f"retention_test_api_{uuid.uuid4().hex[:10]}"
-    database.ensure_database(server_url, name)
-    url = database.with_database(server_url, name)
-    database.upgrade(url)
-    try:
-        yield url
-    finally:
-        database.drop_database(server_url, name)
-
-
-@contextmanager
 def serving_platform(
     database_url: str, server_url: str, home: Path, env: dict[str, str] | None = None
 ) -> Iterator[ServingPlatform]:

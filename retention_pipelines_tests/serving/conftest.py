@@ -15,6 +15,7 @@ import pytest
 from retention_pipelines.core import database
 from retention_pipelines.core.explain import describe
 from retention_pipelines.settings import get_settings
+from retention_pipelines_tests.helpers import throwaway_database
 from retention_pipelines_tests.serving import api
 
 
@@ -22,7 +23,7 @@ from retention_pipelines_tests.serving import api
 def serving_database_url(server_url: str) -> Iterator[str]:
     """A migrated warehouse the API's test modules share (keys and log rows are told apart
     by their own names and request ids)."""
-    with api.fresh_database(server_url) as url:
+    with throwaway_database(server_url) as url:
         yield url
 
 
