@@ -13,7 +13,7 @@ from retention_pipelines.local_runs import RunProgress
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.helpers import platform_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.embedded]
+pytestmark = pytest.mark.slow  # the CLI's demo runs on the embedded server (test_demo_processes)
 
 # 300 customers leave 60 for the test split: too few for the check against the logistic
 # baseline to mean anything (the training tests hold quality), so it does not stop the demo.
