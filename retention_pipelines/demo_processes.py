@@ -19,14 +19,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -34,13 +31,17 @@ from typing import IO
 from rich.console import Console
 
 from retention_pipelines.core.processes import (
-    ProcessName,
-    descendants,
-    group_members,
-    is_gone,
+    StopReport,
+    answers,
+    executable,
     process_name,
+    service_processes,
+    start_session,
+    stop_services,
 )
 from retention_pipelines.settings import PROJECT_ROOT, RetentionSettings
+
+__all__ = ["STOP_TIMEOUT_S", "Service", "ServiceError", "StopReport", "Supervisor", "supervise"]
 
 # Ctrl-C to the last process gone: the issue's promise. SIGTERM gets the most of it.
 STOP_TIMEOUT_S = 10.0
@@ -48,8 +49,6 @@ TERM_GRACE_S = 7.0
 # A first `dagster dev` loads the definitions and the dbt manifest on a busy 2-core machine.
 READY_TIMEOUT_S = 240.0
 POLL_S = 0.2
-# Ready checks never go through a proxy from the environment: the services are local.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -74,28 +73,6 @@ class ServiceError(RuntimeError):
     def __init__(self, service: Service, reason: str) -> None:
         super().__init__(f"{service.name} {reason} (log: {service.log_path})")
         self.service = service
-
-
-@dataclass
-class StopReport:
-    """What stopping the services took: per service, the processes that ended on SIGTERM and
-    those that needed SIGKILL; and the processes still there after all (none, normally)."""
-
-    seconds: float = 0.0
-    terminated: dict[str, int] = field(default_factory=dict)
-    killed: dict[str, int] = field(default_factory=dict)
-    left: list[int] = field(default_factory=list)
-
-    def describe(self) -> str:
-        parts = [
-            f"{name}: {count} process{'es' if count != 1 else ''} stopped"
-            + (f", {self.killed[name]} killed" if self.killed.get(name) else "")
-            for name, count in self.terminated.items()
-        ]
-        text = f"stopped in {self.seconds:.1f} s ({'; '.join(parts) or 'nothing was running'})"
-        if self.left:
-            text += f"; still running: pids {', '.join(map(str, sorted(self.left)))}"
-        return text
 
 
 @dataclass
@@ -128,21 +105,9 @@ class Supervisor:
 
     def start(self) -> None:
         for service in self.services:
-            service.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = service.log_path.open("ab")
-            try:
-                process = subprocess.Popen(  # noqa: S603  # the demo's own commands
-                    list(service.command),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(service.env) if service.env is not None else None,
-                    cwd=service.cwd,
-                    start_new_session=True,  # its own session and process group
-                )
-            except BaseException:
-                log.close()
-                raise
+            process, log = start_session(
+                service.command, service.log_path, env=service.env, cwd=service.cwd
+            )
             self.running.append(_Running(service, process, log))
 
     def pids(self) -> dict[str, int]:
@@ -150,13 +115,11 @@ class Supervisor:
         return {run.service.name: run.process.pid for run in self.running}
 
     def processes(self) -> set[int]:
-        """Every process the services run now: their groups, and what they started
-        elsewhere."""
+        """Every process the services run now: their sessions and groups, and what they
+        started elsewhere."""
         found: set[int] = set()
         for run in self.running:
-            found |= group_members(run.process.pid) | descendants(run.process.pid)
-            if run.process.poll() is None:
-                found.add(run.process.pid)
+            found |= service_processes(process_name(run.process.pid))
         return found
 
     def wait_ready(
@@ -171,7 +134,7 @@ class Supervisor:
                 return False
             self._check_alive()
             for run in list(waiting):
-                if _answers(run.service.health_url):
+                if answers(run.service.health_url):
                     waiting.remove(run)
                     if on_ready is not None:
                         on_ready(run.service)
@@ -197,50 +160,24 @@ class Supervisor:
                 raise ServiceError(run.service, f"exited with code {code}")
 
     def stop(self) -> StopReport:
-        """SIGTERM to each service's process group; after the grace, SIGKILL to what is left
-        of it and of what it started outside it; all within the stop timeout.
-
-        A process a service started in a group of its own (``retention dashboard`` runs
-        Streamlit so) hears SIGTERM from its parent, as the service decides, not twice."""
-        began = time.monotonic()
-        report = StopReport()
+        """Every service stopped by :func:`stop_services` within the stop timeout (SIGTERM
+        to its group, SIGKILL after the grace to what is left of its session and of what it
+        started), the services' own processes reaped as they end."""
         if not self.running:
-            return report
-        trees = {run.service.name: self._tree(run) for run in self.running}
-        for run in self.running:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.process.pid, signal.SIGTERM)
-        every = {process for tree in trees.values() for process in tree}
-        left = self._wait_gone(every, began + self.term_grace_s)
-        for run in self.running:
-            name = run.service.name
-            stubborn = trees[name] & left
-            report.terminated[name] = len(trees[name] - stubborn)
-            report.killed[name] = len(stubborn)
-            if stubborn:
-                _kill(run.process.pid, stubborn)
-        left = self._wait_gone(left, began + self.stop_timeout_s)
-        report.left = sorted(process.pid for process in left)
+            return StopReport()
+        leaders = {run.service.name: process_name(run.process.pid) for run in self.running}
+
+        def reap() -> None:
+            for run in self.running:
+                run.process.poll()
+
+        report = stop_services(
+            leaders, term_grace_s=self.term_grace_s, stop_timeout_s=self.stop_timeout_s, reap=reap
+        )
         for run in self.running:
             run.log.close()
         self.running = []
-        report.seconds = time.monotonic() - began
         return report
-
-    def _tree(self, run: _Running) -> set[ProcessName]:
-        pids = group_members(run.process.pid) | descendants(run.process.pid) | {run.process.pid}
-        return {process_name(pid) for pid in pids}
-
-    def _wait_gone(self, processes: set[ProcessName], deadline: float) -> set[ProcessName]:
-        """Those of ``processes`` still running at ``deadline`` (the services' own processes
-        reaped as they end, so that they are seen gone)."""
-        while True:
-            for run in self.running:
-                run.process.poll()
-            processes = {process for process in processes if not is_gone(process)}
-            if not processes or time.monotonic() >= deadline:
-                return processes
-            time.sleep(0.05)
 
     @contextmanager
     def signals_handled(self) -> Iterator[None]:
@@ -262,36 +199,7 @@ class Supervisor:
                 signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
-def _kill(leader: int, processes: set[ProcessName]) -> None:
-    """SIGKILL to the group ``leader`` leads and to each of ``processes`` still there."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, signal.SIGKILL)
-    for process in processes:
-        if not is_gone(process):
-            with suppress(ProcessLookupError, PermissionError):
-                os.kill(process.pid, signal.SIGKILL)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 # --- the demo's two services ---------------------------------------------------------------
-
-
-def _executable(name: str) -> str:
-    """A command of this environment: beside this Python first (the project's virtual
-    environment, whatever PATH says), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    import shutil  # noqa: PLC0415
-
-    return shutil.which(name) or name
 
 
 def demo_services(
@@ -306,8 +214,8 @@ def demo_services(
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
     dashboard = f"http://{shown_host}:{dashboard_port}"
     workspace = str(PROJECT_ROOT / "workspace.yaml")
-    dagster_dev = [_executable("dagster"), "dev", "-w", workspace, "-h", "127.0.0.1"]
-    retention_dashboard = [_executable("retention"), "dashboard", "--host", host]
+    dagster_dev = [executable("dagster"), "dev", "-w", workspace, "-h", "127.0.0.1"]
+    retention_dashboard = [executable("retention"), "dashboard", "--host", host]
     return [
         Service(
             name="Dashboard",

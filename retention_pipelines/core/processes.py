@@ -1,25 +1,40 @@
 """Which process ran something, whether it still runs, and stopping the processes a process
-started: what the command line needs to leave no run behind when it is killed or stopped.
+started: what the command line needs to leave no run behind when it is killed or stopped, and
+what the demo and the local stack need to start services and stop every process of them.
 
 A process is named by its host, its pid and its start time: a pid alone is reused once the
 process is gone, so a recorded pid whose start time differs is another process. Start times
 come from ``/proc`` (Linux); elsewhere only whether the pid is alive is known.
+
+A service runs in a session of its own, whose id is its first process's pid: what it starts
+stays in that session, even in another process group (Streamlit under ``retention
+dashboard``) or once its parent is gone, unless it starts a session itself. Linux does not give
+a pid to a new process while a session or group still bears it, so the members of a service's
+session are its processes even after the first one has ended.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 PROC = Path("/proc")
 # Fields of /proc/<pid>/stat after the ")" that closes the command name.
-_STATE, _PPID, _PGRP, _STARTTIME = 0, 1, 2, 19
+_STATE, _PPID, _PGRP, _SESSION, _STARTTIME = 0, 1, 2, 3, 19
+# Health checks never go through a proxy from the environment: the services are local.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,33 @@ def group_members(group: int) -> set[int]:
     }
 
 
+def session_members(session: int) -> set[int]:
+    """The processes of session ``session`` still running or not yet reaped, whatever their
+    process group, from ``/proc`` (none where there is none)."""
+    return {
+        int(entry.name)
+        for entry in (PROC.iterdir() if PROC.is_dir() else ())
+        if entry.name.isdigit()
+        and (stat := _stat(int(entry.name))) is not None
+        and int(stat[_SESSION]) == session
+    }
+
+
+def service_processes(leader: ProcessName) -> set[int]:
+    """Every process of the service ``leader`` started as a session leader: its session and
+    group (even once ``leader`` has ended) and, while ``leader`` runs, what it started in a
+    session of its own."""
+    now = _started(leader.pid)
+    if now is not None and leader.started is not None and now != leader.started:
+        # The pid is another process's: Linux reuses none a session or group still bears,
+        # so nothing of the service is left.
+        return set()
+    found = session_members(leader.pid) | group_members(leader.pid)
+    if not is_gone(leader):
+        found |= descendants(leader.pid) | {leader.pid}
+    return found
+
+
 def command_line(pid: int) -> str:
     """The command line of ``pid``, its arguments joined by spaces ("" where unknown)."""
     try:
@@ -107,14 +149,19 @@ def terminate(pids: Iterable[int], grace_s: float = 5.0, kill_wait_s: float = 2.
     _wait_until_gone(running, kill_wait_s)
 
 
-def _wait_until_gone(running: set[ProcessName], seconds: float) -> set[ProcessName]:
-    """The processes of ``running`` still there after at most ``seconds``."""
+def _wait_until_gone(
+    running: set[ProcessName], seconds: float, reap: Callable[[], None] | None = None
+) -> set[ProcessName]:
+    """The processes of ``running`` still there after at most ``seconds`` (``reap`` called
+    before each look)."""
     deadline = time.monotonic() + seconds
-    running = {process for process in running if not is_gone(process)}
-    while running and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while True:
+        if reap is not None:
+            reap()
         running = {process for process in running if not is_gone(process)}
-    return running
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.05)
 
 
 def _signal(pid: int, number: signal.Signals) -> None:
@@ -133,3 +180,118 @@ def _stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text.rsplit(")", 1)[1].split()
+
+
+def executable(name: str) -> str:
+    """A command of this environment: beside this Python first (the project's virtual
+    environment, whatever PATH says), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name) or name
+
+
+def answers(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``url`` answers 200 now."""
+    try:
+        with _DIRECT.open(url, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_session(
+    command: Sequence[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start ``command`` as the leader of a session (and process group) of its own, its output
+    appended to ``log_path``; the process and the open log (the caller closes it). Signals to
+    the terminal's group (Ctrl-C) never reach it: it is stopped by whoever started it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    try:
+        process = subprocess.Popen(  # noqa: S603  # the platform's own commands
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        log.close()
+        raise
+    return process, log
+
+
+@dataclass
+class StopReport:
+    """What stopping services took: per service, the processes that ended on SIGTERM and
+    those that needed SIGKILL; and the processes still there after all (none, normally)."""
+
+    seconds: float = 0.0
+    terminated: dict[str, int] = field(default_factory=dict)
+    killed: dict[str, int] = field(default_factory=dict)
+    left: list[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [
+            f"{name}: {count} process{'es' if count != 1 else ''} stopped"
+            + (f", {self.killed[name]} killed" if self.killed.get(name) else "")
+            for name, count in self.terminated.items()
+        ]
+        text = f"stopped in {self.seconds:.1f} s ({'; '.join(parts) or 'nothing was running'})"
+        if self.left:
+            text += f"; still running: pids {', '.join(map(str, sorted(self.left)))}"
+        return text
+
+
+def stop_services(
+    leaders: Mapping[str, ProcessName],
+    *,
+    term_grace_s: float,
+    stop_timeout_s: float,
+    reap: Callable[[], None] | None = None,
+) -> StopReport:
+    """Stop services started by :func:`start_session` (by name, their first process): SIGTERM
+    to each one's process group; after ``term_grace_s``, SIGKILL to what is left of its
+    session, group and descendants; all within ``stop_timeout_s``. ``reap`` collects the
+    exit status of the caller's own children, so that they are seen gone.
+
+    A process a service started in a group of its own (``retention dashboard`` runs Streamlit
+    so) hears SIGTERM from its parent, as the service decides, not twice."""
+    if term_grace_s >= stop_timeout_s:
+        raise ValueError("SIGTERM's grace must leave time for SIGKILL within the timeout")
+    began = time.monotonic()
+    report = StopReport()
+    trees = {
+        name: {process_name(pid) for pid in service_processes(leader)}
+        for name, leader in leaders.items()
+    }
+    for name, leader in leaders.items():
+        if trees[name]:
+            _signal_group(leader.pid, signal.SIGTERM)
+    every = {process for tree in trees.values() for process in tree}
+    left = _wait_until_gone(every, began + term_grace_s - time.monotonic(), reap)
+    for name, leader in leaders.items():
+        stubborn = trees[name] & left
+        report.terminated[name] = len(trees[name] - stubborn)
+        report.killed[name] = len(stubborn)
+        if stubborn:
+            _signal_group(leader.pid, signal.SIGKILL)
+            for process in stubborn:
+                if not is_gone(process):
+                    _signal(process.pid, signal.SIGKILL)
+    left = _wait_until_gone(left, began + stop_timeout_s - time.monotonic(), reap)
+    report.left = sorted(process.pid for process in left)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+def _signal_group(group: int, number: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, number)
