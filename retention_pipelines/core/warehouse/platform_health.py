@@ -1,0 +1,321 @@
+"""The platform's health as its tables record it: what the night produced (scores, rejects,
+drift, data quality, realised performance, the champion) and when the nightly run last
+succeeded. The Prometheus exporter (``retention exporter``) reads these figures on every
+scrape it does not answer from its cache, so each read is one statement:
+
+- the warehouse's figures come from one query, a CTE per figure, each the newest row of its
+  table found through the table's primary key (the scored rows are counted on the latest
+  date only, from the key's index);
+- the nightly runs come from Dagster's run storage (dagster-postgres keeps them in the
+  ``runs`` table of the Dagster database on the same server): one aggregate over the nightly
+  job's successful runs.
+
+Both connections are read-only sessions with a statement timeout, tried once: a scrape must
+answer in seconds whatever the database does, and a down database is a figure of its own
+(``retention_platform_up``), not a reason to wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg.rows import dict_row
+
+from retention_pipelines.core.database import connect
+from retention_pipelines.core.warehouse.tables import (
+    CHURN_RISK_SCORES,
+    DATA_QUALITY,
+    DRIFT_REPORTS,
+    INGESTION_RUNS,
+    MODEL_PERFORMANCE,
+    MODEL_VERSIONS,
+)
+
+# The registered model whose champion the platform scores with: registry.MODEL_NAME, named
+# again here because importing the registry module imports MLflow, which a process that only
+# reads a few rows has no use for (a test holds the two equal).
+MODEL_NAME: Final = "churn-model"
+# The Dagster run storage's table of runs (dagster-postgres, in the instance's database).
+DAGSTER_RUNS: Final = "runs"
+DAGSTER_SUCCESS: Final = "SUCCESS"
+APPLICATION_NAME: Final = "retention-exporter"
+
+_HEALTH_QUERY: Final = f"""
+with scored as (
+    select snapshot_date, count(*) as rows
+    from {CHURN_RISK_SCORES}
+    where snapshot_date = (select max(snapshot_date) from {CHURN_RISK_SCORES})
+    group by snapshot_date
+),
+ingested as (
+    select snapshot_date, rows_read, rows_valid, rows_rejected, duplicates_collapsed
+    from {INGESTION_RUNS}
+    order by snapshot_date desc
+    limit 1
+),
+drift as (
+    select snapshot_date, dataset_drift, drift_share, drift_share_threshold
+    from {DRIFT_REPORTS}
+    order by snapshot_date desc
+    limit 1
+),
+quality as (
+    select snapshot_date, success, expectations, failed
+    from {DATA_QUALITY}
+    order by snapshot_date desc
+    limit 1
+),
+champion as (
+    select model_version, test_roc_auc
+    from {MODEL_VERSIONS}
+    where model_name = %(model_name)s and is_champion
+    limit 1
+),
+realised as (
+    -- As the retraining sensor judges it: the champion's freshest judged scores, the most
+    -- recent labelled date and within it the most recent score date.
+    select performance.roc_auc, performance.score_date, performance.evaluated_on
+    from {MODEL_PERFORMANCE} as performance
+    join champion using (model_version)
+    where performance.roc_auc is not null
+    order by performance.evaluated_on desc, performance.score_date desc
+    limit 1
+)
+select
+    scored.snapshot_date as scored_date,
+    scored.rows as scored_rows,
+    ingested.snapshot_date as ingested_date,
+    ingested.rows_read,
+    ingested.rows_valid,
+    ingested.rows_rejected,
+    ingested.duplicates_collapsed,
+    drift.snapshot_date as drift_date,
+    drift.dataset_drift,
+    drift.drift_share,
+    drift.drift_share_threshold,
+    quality.snapshot_date as quality_date,
+    quality.success as quality_passed,
+    quality.expectations as quality_expectations,
+    quality.failed as quality_failed,
+    champion.model_version as champion_version,
+    champion.test_roc_auc as champion_test_roc_auc,
+    realised.roc_auc as realised_roc_auc,
+    realised.score_date as realised_score_date,
+    realised.evaluated_on as realised_evaluated_on
+from (select) as one_row
+left join scored on true
+left join ingested on true
+left join drift on true
+left join quality on true
+left join champion on true
+left join realised on true
+"""
+
+_NIGHTLY_QUERY: Final = f"""
+select
+    max(end_time) as last_success,
+    max(partition) filter (where partition ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$')
+        as latest_date
+from {DAGSTER_RUNS}
+where pipeline_name = %(job)s and status = %(status)s
+"""
+
+
+@dataclass(frozen=True)
+class Ingestion:
+    """Where the rows of the latest ingested date went (``raw.ingestion_runs``)."""
+
+    snapshot_date: date
+    rows_read: int
+    rows_valid: int
+    rows_rejected: int
+    duplicates_collapsed: int
+
+    @property
+    def reject_share(self) -> float:
+        """As the ingestion's blocking check computes it: rejected over read."""
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The latest drift report's verdict (``monitoring.drift_reports``)."""
+
+    snapshot_date: date
+    dataset_drift: bool
+    drift_share: float
+    drift_share_threshold: float
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The latest Great Expectations verdict (``monitoring.data_quality``)."""
+
+    snapshot_date: date
+    passed: bool
+    expectations: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion as ``ml.model_versions`` copies it from the registry, with its freshest
+    realised ROC AUC (None until labels have judged its scores)."""
+
+    version: str
+    test_roc_auc: float | None
+    realised_roc_auc: float | None
+    realised_score_date: date | None
+    realised_evaluated_on: date | None
+
+
+@dataclass(frozen=True)
+class WarehouseHealth:
+    """The warehouse's figures; a part is None while its table has no row (a new platform)."""
+
+    scored_date: date | None
+    scored_rows: int
+    ingestion: Ingestion | None
+    drift: Drift | None
+    quality: Quality | None
+    champion: Champion | None
+
+
+@dataclass(frozen=True)
+class NightlyRuns:
+    """The nightly job's successful runs in Dagster's run storage: when the newest ended,
+    and the newest date (partition) one succeeded for. None: no such run."""
+
+    last_success_at: datetime | None
+    latest_date: date | None
+
+
+@dataclass(frozen=True)
+class NightlyWindow:
+    """The night whose scores are due by now: its date (the partition the 02:00 run scores)
+    and the deadline by which its run must have succeeded."""
+
+    due_date: date
+    deadline: datetime
+
+
+def read_warehouse_health(url: str, *, timeout_s: float) -> WarehouseHealth:
+    """The warehouse's figures in one statement (see the module's docstring)."""
+    with _read_only(url, timeout_s) as conn:
+        row = conn.execute(_HEALTH_QUERY, {"model_name": MODEL_NAME}).fetchone()
+    assert row is not None  # noqa: S101  # a select from one row returns one row
+    return _warehouse_health(row)
+
+
+def read_nightly_runs(dagster_url: str, job_name: str, *, timeout_s: float) -> NightlyRuns:
+    """The nightly job's successful runs in the Dagster database at ``dagster_url``; none
+    while the instance has not created its tables (no Dagster process has opened it yet)."""
+    with _read_only(dagster_url, timeout_s) as conn:
+        try:
+            row = conn.execute(_NIGHTLY_QUERY, {"job": job_name, "status": DAGSTER_SUCCESS})
+            found = row.fetchone()
+        except psycopg.errors.UndefinedTable:
+            return NightlyRuns(last_success_at=None, latest_date=None)
+    assert found is not None  # noqa: S101  # an aggregate returns one row
+    end_time, latest = found["last_success"], found["latest_date"]
+    return NightlyRuns(
+        last_success_at=None if end_time is None else datetime.fromtimestamp(end_time, UTC),
+        latest_date=None if latest is None else date.fromisoformat(latest),
+    )
+
+
+def nightly_window(now: datetime, timezone: str, deadline: time) -> NightlyWindow:
+    """The latest night whose deadline (``deadline`` on its own date, in ``timezone``, the
+    timezone of the daily partitions and the schedule) is not in the future at ``now``.
+
+    Before the deadline today, yesterday's night is the one due; from the deadline on,
+    today's. Computed here rather than in PromQL, whose clock functions know only UTC.
+    """
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    due_date = local.date()
+    due = datetime.combine(due_date, deadline, tzinfo=zone)
+    if due > local:
+        due_date -= timedelta(days=1)
+        due = datetime.combine(due_date, deadline, tzinfo=zone)
+    return NightlyWindow(due_date=due_date, deadline=due)
+
+
+def start_of_day(day: date, timezone: str) -> datetime:
+    """Midnight at the start of ``day`` in ``timezone``: a date as a point in time."""
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone))
+
+
+def _read_only(url: str, timeout_s: float) -> psycopg.Connection[dict[str, Any]]:
+    """One attempt at a read-only session whose statements stop after ``timeout_s``."""
+    milliseconds = max(1, round(timeout_s * 1000))
+    return connect(
+        url,
+        retry_s=0,
+        row_factory=dict_row,
+        connect_timeout=max(1, round(timeout_s)),
+        application_name=APPLICATION_NAME,
+        options=(f"-c default_transaction_read_only=on -c statement_timeout={milliseconds}"),
+    )  # type: ignore[return-value]  # row_factory=dict_row makes the rows dicts
+
+
+def _warehouse_health(row: dict[str, Any]) -> WarehouseHealth:
+    return WarehouseHealth(
+        scored_date=row["scored_date"],
+        scored_rows=int(row["scored_rows"] or 0),
+        ingestion=_ingestion(row),
+        drift=_drift(row),
+        quality=_quality(row),
+        champion=_champion(row),
+    )
+
+
+def _ingestion(row: dict[str, Any]) -> Ingestion | None:
+    if row["ingested_date"] is None:
+        return None
+    return Ingestion(
+        snapshot_date=row["ingested_date"],
+        rows_read=row["rows_read"],
+        rows_valid=row["rows_valid"],
+        rows_rejected=row["rows_rejected"],
+        duplicates_collapsed=row["duplicates_collapsed"],
+    )
+
+
+def _drift(row: dict[str, Any]) -> Drift | None:
+    if row["drift_date"] is None:
+        return None
+    return Drift(
+        snapshot_date=row["drift_date"],
+        dataset_drift=bool(row["dataset_drift"]),
+        drift_share=float(row["drift_share"]),
+        drift_share_threshold=float(row["drift_share_threshold"]),
+    )
+
+
+def _quality(row: dict[str, Any]) -> Quality | None:
+    if row["quality_date"] is None:
+        return None
+    return Quality(
+        snapshot_date=row["quality_date"],
+        passed=bool(row["quality_passed"]),
+        expectations=row["quality_expectations"],
+        failed=row["quality_failed"],
+    )
+
+
+def _champion(row: dict[str, Any]) -> Champion | None:
+    if row["champion_version"] is None:
+        return None
+    test_auc, realised = row["champion_test_roc_auc"], row["realised_roc_auc"]
+    return Champion(
+        version=row["champion_version"],
+        test_roc_auc=None if test_auc is None else float(test_auc),
+        realised_roc_auc=None if realised is None else float(realised),
+        realised_score_date=row["realised_score_date"],
+        realised_evaluated_on=row["realised_evaluated_on"],
+    )

@@ -1,0 +1,446 @@
+"""The platform exporter on a real warehouse and a real Dagster run storage: the figures it
+exports are the rows the platform wrote, a second scrape inside the cache window reads
+nothing, and a database it cannot reach is ``retention_platform_up 0``, not an error page."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from retention_pipelines.core import database
+from retention_pipelines.core.warehouse import platform_health
+from retention_pipelines.core.warehouse.platform_health import nightly_window
+from retention_pipelines.exporter import (
+    METRICS,
+    NIGHTLY_JOB,
+    PREFIX,
+    ExporterConfig,
+    PlatformReader,
+    exporter_registry,
+)
+
+RETENTION = str(Path(sys.executable).parent / "retention")
+UNREACHABLE = "postgresql://postgres:secret@127.0.0.1:1/warehouse"
+# A Dagster database no instance ever used: the tests that are about the warehouse only.
+NO_DAGSTER = "retention_test_dagster_none"
+# The platform's clock in these tests: 07:00 UTC on the day after the latest scores.
+NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+# --- a platform after a few nights ----------------------------------------------------------
+
+_SEED = """
+insert into ml.churn_risk_scores
+select day, 'C-' || customer, 0.3, 'medium', 'Contract: Month-to-month', 0.4,
+       'Tenure: 2 months', 0.2, 'Fiber optic', 0.1, 'churn-model', '3', now()
+from (values (date '2026-03-01', 100), (date '2026-03-02', 120)) as days (day, customers),
+     generate_series(1, customers) as customer;
+
+insert into raw.ingestion_runs (snapshot_date, source, file_sha256, file_bytes, rows_read,
+                                rows_valid, rows_rejected, duplicates_collapsed)
+values ('2026-03-01', 'customers_2026-03-01.csv', 'a', 10, 100, 100, 0, 0),
+       ('2026-03-02', 'customers_2026-03-02.csv', 'b', 10, 130, 120, 8, 2);
+
+insert into monitoring.drift_reports (snapshot_date, reference_model_version,
+    reference_snapshots, reference_rows, current_rows, dataset_drift, drift_share,
+    drift_share_threshold, drifted_columns, column_results, findings, report_path)
+values ('2026-03-01', '3', '2026-02-01', 100, 100, false, 0.05, 0.2, '[]', '[]', '[]', 'a'),
+       ('2026-03-02', '3', '2026-02-01', 100, 120, true, 0.35, 0.2, '[]', '[]', '[]', 'b');
+
+insert into monitoring.data_quality (snapshot_date, success, expectations, failed, results)
+values ('2026-03-01', true, 30, 0, '[]'), ('2026-03-02', false, 30, 2, '[]');
+
+insert into ml.model_versions (model_name, model_version, registered_at, is_champion,
+                               is_challenger, test_roc_auc, synced_at)
+values ('churn-model', '2', now(), false, false, 0.81, now()),
+       ('churn-model', '3', now(), true, false, 0.84, now()),
+       ('churn-model', '4', now(), false, true, 0.90, now());
+
+insert into monitoring.model_performance (evaluated_on, score_date, model_version, customers,
+    churned, roc_auc, brier, mean_probability, churn_rate, calibration)
+values ('2026-03-01', '2026-02-28', '3', 50, 10, 0.70, 0.1, 0.2, 0.2, '[]'),
+       ('2026-03-02', '2026-02-20', '3', 50, 10, 0.78, 0.1, 0.2, 0.2, '[]'),
+       ('2026-03-02', '2026-02-25', '3', 50, 10, 0.80, 0.1, 0.2, 0.2, '[]'),
+       ('2026-03-02', '2026-02-27', '3', 50, 0, null, 0.1, 0.2, 0.0, '[]'),
+       ('2026-03-02', '2026-03-01', '2', 50, 10, 0.60, 0.1, 0.2, 0.2, '[]');
+"""
+
+
+@pytest.fixture(scope="module")
+def warehouse(module_database_url: str) -> str:
+    with psycopg.connect(module_database_url) as conn:
+        conn.execute(_SEED)  # type: ignore[arg-type]  # the test's own SQL
+    return module_database_url
+
+
+@dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1))
+def night(context: dg.AssetExecutionContext) -> None:
+    """A night's work, failing on the date the tests want a failed night for."""
+    if context.partition_key == "2026-03-03":
+        raise RuntimeError("the landing file never came")
+
+
+@pytest.fixture(scope="module")
+def dagster_database(server_url: str) -> Iterator[str]:
+    """A Dagster instance on the test server (dagster-postgres, as the platform's), holding a
+    successful nightly run of 2026-03-02, a failed one of 2026-03-03 and another job's run
+    of 2026-03-04 that succeeded."""
+    name = f"retention_test_dagster_{uuid.uuid4().hex[:8]}"
+    database.ensure_database(server_url, name)
+    storage = {"postgres": {"postgres_url": database.with_database(server_url, name)}}
+    nightly = dg.define_asset_job(NIGHTLY_JOB, selection=[night])
+    other = dg.define_asset_job("daily_snapshot_job", selection=[night])
+    definitions = dg.Definitions(assets=[night], jobs=[nightly, other])
+    try:
+        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+            for job, partition in (
+                (NIGHTLY_JOB, "2026-03-02"),
+                (NIGHTLY_JOB, "2026-03-03"),
+                ("daily_snapshot_job", "2026-03-04"),
+            ):
+                definitions.resolve_job_def(job).execute_in_process(
+                    instance=instance, partition_key=partition, raise_on_error=False
+                )
+        yield name
+    finally:
+        database.drop_database(server_url, name)
+
+
+def _config(url: str, dagster: str, **changes: object) -> ExporterConfig:
+    config = ExporterConfig(
+        warehouse_url=lambda: url,
+        dagster_database=dagster,
+        timezone="UTC",
+        nightly_deadline=time_of_day(6, 0),
+        max_reject_share=0.05,
+        auc_drop_tolerance=0.05,
+        timeout_s=3.0,
+        cache_s=15.0,
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def _scrape(reader: PlatformReader) -> Samples:
+    text = generate_latest(exporter_registry(reader)).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(PREFIX + name, tuple(sorted(labels.items())))]
+
+
+def _names(samples: Samples) -> set[str]:
+    return {name.removeprefix(PREFIX) for name, _ in samples}
+
+
+def _midnight(day: str) -> float:
+    return datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
+
+
+# --- what it exports ------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # the module's Dagster runs: about 8 s
+def test_the_exported_figures_are_the_latest_rows_of_each_table(
+    warehouse: str, dagster_database: str
+) -> None:
+    samples = _scrape(PlatformReader(_config(warehouse, dagster_database), now=lambda: NOW))
+
+    assert _value(samples, "up", source="warehouse") == 1
+    assert _value(samples, "up", source="dagster") == 1
+    assert _value(samples, "latest_scored_date_timestamp_seconds") == _midnight("2026-03-02")
+    assert _value(samples, "latest_scored_date_age_days") == 1
+    assert _value(samples, "scored_rows") == 120
+    assert _value(samples, "latest_ingested_date_timestamp_seconds") == _midnight("2026-03-02")
+    assert _value(samples, "ingested_rows", outcome="valid") == 120
+    assert _value(samples, "ingested_rows", outcome="rejected") == 8
+    assert _value(samples, "ingested_rows", outcome="duplicate") == 2
+    assert _value(samples, "reject_share") == pytest.approx(8 / 130)
+    assert _value(samples, "reject_share_threshold") == 0.05
+    assert _value(samples, "drift_report_date_timestamp_seconds") == _midnight("2026-03-02")
+    assert _value(samples, "dataset_drift") == 1
+    assert _value(samples, "drift_share") == pytest.approx(0.35)
+    assert _value(samples, "drift_share_threshold") == pytest.approx(0.2)
+    assert _value(samples, "data_quality_date_timestamp_seconds") == _midnight("2026-03-02")
+    assert _value(samples, "data_quality_passed") == 0
+    assert _value(samples, "data_quality_failed_expectations") == 2
+    champion = {"model_name": "churn-model", "model_version": "3"}
+    assert _value(samples, "champion_info", **champion) == 1
+    assert _value(samples, "champion_version") == 3
+    assert _value(samples, "champion_test_roc_auc") == pytest.approx(0.84)
+    # The champion's freshest judged scores: the latest labelled date, then score date; a
+    # one-class group (no AUC) and other versions left aside, as the retraining sensor does.
+    assert _value(samples, "realised_roc_auc") == pytest.approx(0.80)
+    assert _value(samples, "realised_roc_auc_drop_tolerance") == 0.05
+
+
+@pytest.mark.slow
+def test_the_nightly_figures_are_the_nightly_jobs_successful_runs(
+    warehouse: str, dagster_database: str
+) -> None:
+    """The failed night of 2026-03-03 and another job's later success do not count."""
+    reader = PlatformReader(_config(warehouse, dagster_database), now=lambda: NOW)
+    samples = _scrape(reader)
+    dagster_url = database.with_database(warehouse, dagster_database)
+    with psycopg.connect(dagster_url) as conn:
+        row = conn.execute(
+            "select max(end_time) from runs where pipeline_name = %s and partition = %s",
+            (NIGHTLY_JOB, "2026-03-02"),
+        ).fetchone()
+    assert row is not None
+    ended = row[0]
+
+    assert _value(samples, "nightly_last_success_timestamp_seconds") == pytest.approx(ended)
+    assert _value(samples, "nightly_hours_since_success") == pytest.approx(
+        (NOW.timestamp() - ended) / 3600
+    )
+    assert _value(samples, "nightly_latest_date_timestamp_seconds") == _midnight("2026-03-02")
+    # 07:00 UTC: today's night was due at 06:00.
+    assert _value(samples, "nightly_due_date_timestamp_seconds") == _midnight("2026-03-03")
+    assert (
+        _value(samples, "nightly_deadline_timestamp_seconds") == _midnight("2026-03-03") + 6 * 3600
+    )
+
+
+@pytest.mark.slow
+def test_a_full_platform_exports_every_documented_metric_and_nothing_else(
+    warehouse: str, dagster_database: str
+) -> None:
+    samples = _scrape(PlatformReader(_config(warehouse, dagster_database), now=lambda: NOW))
+    assert _names(samples) == set(METRICS)
+
+
+def test_a_new_platform_exports_only_what_exists(database_url: str, server_url: str) -> None:
+    """Migrated tables without rows, a Dagster database no instance has opened yet."""
+    dagster = f"retention_test_dagster_{uuid.uuid4().hex[:8]}"
+    database.ensure_database(server_url, dagster)
+    try:
+        samples = _scrape(PlatformReader(_config(database_url, dagster), now=lambda: NOW))
+    finally:
+        database.drop_database(server_url, dagster)
+
+    assert _value(samples, "up", source="warehouse") == 1
+    assert _value(samples, "up", source="dagster") == 1
+    assert _value(samples, "scored_rows") == 0
+    assert _value(samples, "nightly_last_success_timestamp_seconds") == 0
+    assert _value(samples, "nightly_latest_date_timestamp_seconds") == 0
+    assert _names(samples) == {
+        "up",
+        "read_duration_seconds",
+        "read_timestamp_seconds",
+        "scored_rows",
+        "reject_share_threshold",
+        "realised_roc_auc_drop_tolerance",
+        "nightly_due_date_timestamp_seconds",
+        "nightly_deadline_timestamp_seconds",
+        "nightly_last_success_timestamp_seconds",
+        "nightly_latest_date_timestamp_seconds",
+    }
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_scrapes_inside_the_cache_window_read_nothing_and_later_ones_read_again(
+    database_url: str,
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(_SEED)  # type: ignore[arg-type]  # the test's own SQL
+    clock = ManualClock()
+    reader = PlatformReader(_config(database_url, NO_DAGSTER), clock=clock)
+    assert _value(_scrape(reader), "drift_share") == pytest.approx(0.35)
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("update monitoring.drift_reports set drift_share = 0.5")
+    clock.seconds += 14.9
+    assert _value(_scrape(reader), "drift_share") == pytest.approx(0.35)
+    assert reader.reads == 1
+
+    clock.seconds += 0.2
+    assert _value(_scrape(reader), "drift_share") == pytest.approx(0.5)
+    assert reader.reads == 2
+
+
+def test_a_cache_of_zero_reads_on_every_scrape(database_url: str) -> None:
+    reader = PlatformReader(_config(database_url, NO_DAGSTER, cache_s=0))
+    for _ in range(3):
+        _scrape(reader)
+    assert reader.reads == 3
+
+
+# --- when it cannot read --------------------------------------------------------------------
+
+
+def test_an_unreachable_database_is_up_zero_and_no_figures() -> None:
+    reader = PlatformReader(_config(UNREACHABLE, "dagster"), now=lambda: NOW)
+    started = time.monotonic()
+    samples = _scrape(reader)
+    assert time.monotonic() - started < 3
+
+    assert _value(samples, "up", source="warehouse") == 0
+    assert _value(samples, "up", source="dagster") == 0
+    assert _names(samples) == {
+        "up",
+        "read_duration_seconds",
+        "read_timestamp_seconds",
+        "reject_share_threshold",
+        "realised_roc_auc_drop_tolerance",
+        "nightly_due_date_timestamp_seconds",
+        "nightly_deadline_timestamp_seconds",
+    }
+
+
+def test_a_warehouse_that_comes_back_is_read_again_after_the_cache_window(
+    warehouse: str,
+) -> None:
+    """The URL is only resolved once a read succeeds: an exporter started while the embedded
+    server could not be started, or the network was down, recovers without a restart."""
+    attempts: list[str] = []
+
+    def warehouse_url() -> str:
+        attempts.append("resolve")
+        if len(attempts) == 1:
+            raise RuntimeError("the embedded Postgres is shutting down")
+        return warehouse
+
+    clock = ManualClock()
+    reader = PlatformReader(
+        _config(warehouse, NO_DAGSTER, warehouse_url=warehouse_url), clock=clock
+    )
+    assert _value(_scrape(reader), "up", source="warehouse") == 0
+    clock.seconds += 15
+    assert _value(_scrape(reader), "up", source="warehouse") == 1
+    assert _value(_scrape(reader), "scored_rows") == 120
+    assert len(attempts) == 2
+
+
+def test_the_exporters_sessions_cannot_write(warehouse: str) -> None:
+    with (
+        platform_health._read_only(warehouse, 3.0) as conn,
+        pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+    ):
+        conn.execute("delete from ml.churn_risk_scores")
+
+
+# --- the nightly deadline -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "due", "deadline"),
+    [
+        # In UTC: before 06:00 yesterday's night is due, from 06:00 on today's.
+        ("2026-03-03T05:59:59+00:00", "2026-03-02", "2026-03-02T06:00:00+00:00"),
+        ("2026-03-03T06:00:00+00:00", "2026-03-03", "2026-03-03T06:00:00+00:00"),
+        ("2026-03-03T23:00:00+00:00", "2026-03-03", "2026-03-03T06:00:00+00:00"),
+    ],
+)
+def test_the_night_due_is_the_latest_whose_deadline_has_passed(
+    now: str, due: str, deadline: str
+) -> None:
+    window = nightly_window(datetime.fromisoformat(now), "UTC", time_of_day(6, 0))
+    assert window.due_date == date.fromisoformat(due)
+    assert window.deadline == datetime.fromisoformat(deadline)
+
+
+def test_the_deadline_is_local_time_in_the_platforms_timezone_across_summer_time() -> None:
+    """06:00 in Paris is 05:00 UTC in winter and 04:00 UTC in summer (clocks moved on
+    2026-03-29); at 04:30 UTC that day, in summer time, the night is due already."""
+    deadline = time_of_day(6, 0)
+    winter = nightly_window(datetime(2026, 3, 28, 4, 30, tzinfo=UTC), "Europe/Paris", deadline)
+    summer = nightly_window(datetime(2026, 3, 29, 4, 30, tzinfo=UTC), "Europe/Paris", deadline)
+    assert (winter.due_date, winter.deadline) == (
+        date(2026, 3, 27),
+        datetime(2026, 3, 27, 5, 0, tzinfo=UTC),
+    )
+    assert (summer.due_date, summer.deadline) == (
+        date(2026, 3, 29),
+        datetime(2026, 3, 29, 4, 0, tzinfo=UTC),
+    )
+
+
+@pytest.mark.slow  # loads the code location's modules (MLflow, dbt): up to 15 s alone
+def test_the_names_the_exporter_repeats_are_the_platforms() -> None:
+    """The job and model names, kept here to spare the exporter Dagster's and MLflow's imports."""
+    from retention_pipelines.automation import nightly_scoring_job  # noqa: PLC0415
+    from retention_pipelines.core.registry import MODEL_NAME  # noqa: PLC0415
+
+    assert nightly_scoring_job.name == NIGHTLY_JOB
+    assert platform_health.MODEL_NAME == MODEL_NAME
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str, deadline_s: float, process: subprocess.Popen[str]) -> tuple[int, str]:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310  # localhost
+                return response.status, response.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"retention exporter did not answer (exit {process.poll()})")
+
+
+@pytest.mark.slow  # the command's start: about 10 s on two busy cores
+def test_retention_exporter_answers_up_zero_while_the_database_is_down_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    environment = {
+        **os.environ,
+        "RETENTION_DATABASE_URL": UNREACHABLE,
+        "RETENTION_HOME_DIR": str(tmp_path),
+        "RETENTION_DB_CONNECT_RETRY_S": "30",  # the exporter tries once, whatever this says
+    }
+    process = subprocess.Popen(
+        [RETENTION, "exporter", "--port", str(port)], env=environment, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        status, text = _get(f"http://127.0.0.1:{port}/metrics", 60, process)
+        assert status == 200
+        assert 'retention_platform_up{source="warehouse"} 0.0' in text
+        assert 'retention_platform_up{source="dagster"} 0.0' in text
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert f"platform metrics on http://127.0.0.1:{port}/metrics" in output
+    assert "cannot read the warehouse: OperationalError" in output
+    assert "secret" not in output
