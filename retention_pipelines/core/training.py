@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal
 
 import catboost
@@ -337,30 +338,27 @@ def tune(
     XGBoost reports validation AUC every ten boosting rounds; CatBoost reports the running
     mean AUC after each of three cross-validation folds on the training data. The study is
     stored (Postgres in the platform), so a second call with the same name continues it and
-    several workers can share it. ``on_trial`` hears (kind, trials done, trials budgeted)
-    after every trial.
+    several workers can share it: it records how to rebuild its objective
+    (:class:`StudyRecipe`), and this run stops as soon as the study as a whole has finished
+    its budget. ``on_trial`` hears (kind, trials done, trials budgeted) after every trial.
     """
-    objective = (
-        _xgboost_objective(encoder, split, seed)
-        if kind == "xgboost"
-        else (_catboost_objective(encoder, split, seed))
-    )
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-        load_if_exists=True,
+    study = create_study(
+        kind, study_name=study_name, storage=storage, split=split, budget=budget, seed=seed
     )
     started = time.perf_counter()
     finished = _count(study, optuna.trial.TrialState.COMPLETE)
     remaining = max(0, budget.trials - finished - _count(study, optuna.trial.TrialState.PRUNED))
-    callbacks = (
-        [lambda study, trial: on_trial(kind, len(study.trials), budget.trials)] if on_trial else []
-    )
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+        optuna.study.MaxTrialsCallback(budget.trials, states=FINISHED)
+    ]
+    if on_trial:
+        callbacks.append(lambda study, trial: on_trial(kind, len(study.trials), budget.trials))
     study.optimize(
-        objective, n_trials=remaining, timeout=budget.timeout_s, n_jobs=1, callbacks=callbacks
+        objective(kind, encoder, split, seed),
+        n_trials=remaining,
+        timeout=budget.timeout_s,
+        n_jobs=1,
+        callbacks=callbacks,
     )
     if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
         raise TrainingDataError(f"no {kind} trial completed within the budget {budget}")
@@ -384,6 +382,121 @@ def tune(
         ],
         timed_out=timed_out,
     )
+
+
+# The trial states that use up a study's budget: a failed trial leaves its place to another.
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class StudyRecipe:
+    """What a stored study records (as its user attributes) so that any process can rebuild
+    its objective and join it: the model family, the seed of the split and of the models,
+    the labelled snapshot dates the training data was read from, the study's trial budget,
+    and a fingerprint of the split that a joining process must reproduce (its trials are
+    only comparable with the others' if it trains and validates on the same rows)."""
+
+    kind: ModelKind
+    seed: int
+    snapshot_dates: tuple[date, ...]
+    trials_budget: int
+    data_fingerprint: str
+
+    @classmethod
+    def of(
+        cls, kind: ModelKind, split: TrainingSplit, *, seed: int, budget: TuningBudget
+    ) -> StudyRecipe:
+        dates = {
+            pd.Timestamp(day).date()
+            for part in (split.train, split.validation, split.test)
+            if "snapshot_date" in part.columns
+            for day in part["snapshot_date"].unique()
+        }
+        return cls(
+            kind=kind,
+            seed=seed,
+            snapshot_dates=tuple(sorted(dates)),
+            trials_budget=budget.trials,
+            data_fingerprint=data_fingerprint(split),
+        )
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The recipe as JSON-friendly study user attributes."""
+        return {
+            "model_kind": self.kind,
+            "seed": self.seed,
+            "snapshot_dates": [day.isoformat() for day in self.snapshot_dates],
+            "trials_budget": self.trials_budget,
+            "data_fingerprint": self.data_fingerprint,
+        }
+
+    @classmethod
+    def from_user_attrs(cls, attrs: dict[str, Any]) -> StudyRecipe:
+        """The recipe a study recorded; KeyError names what a study created without one
+        lacks."""
+        kind = attrs["model_kind"]
+        if kind not in ("xgboost", "catboost"):
+            raise ValueError(f"unknown model kind {kind!r}")
+        return cls(
+            kind=kind,
+            seed=int(attrs["seed"]),
+            snapshot_dates=tuple(date.fromisoformat(day) for day in attrs["snapshot_dates"]),
+            trials_budget=int(attrs["trials_budget"]),
+            data_fingerprint=str(attrs["data_fingerprint"]),
+        )
+
+
+def data_fingerprint(split: TrainingSplit) -> str:
+    """A digest of every row and column of the three parts, in order: equal when two
+    processes read and split the same training data."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (split.train, split.validation, split.test):
+        digest.update(",".join(map(str, part.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def study_pruner() -> optuna.pruners.BasePruner:
+    """The pruner of every process that runs a study's trials (pruners are not stored)."""
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def create_study(
+    kind: ModelKind,
+    *,
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    split: TrainingSplit,
+    budget: TuningBudget,
+    seed: int,
+) -> optuna.Study:
+    """Create (or load) a family's stored study and record its :class:`StudyRecipe`, so
+    that ``retention tune-worker`` processes can join it."""
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=study_pruner(),
+        load_if_exists=True,
+    )
+    recipe = StudyRecipe.of(kind, split, seed=seed, budget=budget)
+    for key, value in recipe.user_attrs().items():
+        study.set_user_attr(key, value)
+    logger.info(
+        "study %s: more processes join it with `retention tune-worker --study %s --trials N`",
+        study_name, study_name,
+    )  # fmt: skip
+    return study
+
+
+def objective(
+    kind: ModelKind, encoder: FeatureEncoder, split: TrainingSplit, seed: int
+) -> Callable[[optuna.Trial], float]:
+    """A family's objective: validation ROC AUC of a trial's parameters (higher is better)."""
+    if kind == "xgboost":
+        return _xgboost_objective(encoder, split, seed)
+    return _catboost_objective(encoder, split, seed)
 
 
 def _count(study: optuna.Study, state: optuna.trial.TrialState) -> int:

@@ -225,15 +225,23 @@ def labelled_dates(url: str, snapshots: int) -> list[date]:
 def read_labelled(url: str, snapshots: int) -> tuple[pd.DataFrame, list[date]]:
     """Labelled rows of the latest ``snapshots`` labelled dates, one row per customer (its
     latest), as model input with the snapshot date and label; and the dates used."""
-    columns = ("snapshot_date", "customer_id", *FEATURE_COLUMNS, LABEL_COLUMN)
     dates = labelled_dates(url, snapshots)
+    return read_labelled_on(url, dates), sorted(dates)
+
+
+def read_labelled_on(url: str, dates: Sequence[date]) -> pd.DataFrame:
+    """Labelled rows of the given dates, one row per customer (its latest), in customer id
+    order: what :func:`read_labelled` reads, for a process that was told the dates (an
+    Optuna worker rebuilding a training run's data)."""
+    columns = ("snapshot_date", "customer_id", *FEATURE_COLUMNS, LABEL_COLUMN)
+    days = list(dates)
     latest = sql.SQL(
         "{labelled} and not exists (select 1 from {table} later"
         " where later.customer_id = f.customer_id and later.snapshot_date = any({days})"
         " and later.churned is not null and later.snapshot_date > f.snapshot_date)"
     ).format(
-        labelled=labelled_on(dates), table=table_name(CUSTOMER_FEATURES), days=sql.Literal(dates)
+        labelled=labelled_on(days), table=table_name(CUSTOMER_FEATURES), days=sql.Literal(days)
     )
     with connect(url) as conn:
         frame = read_all(conn, latest, columns=columns)
-    return frame.sort_values("customer_id", ignore_index=True), sorted(dates)
+    return frame.sort_values("customer_id", ignore_index=True)
