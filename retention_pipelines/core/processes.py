@@ -263,18 +263,18 @@ def stop_services(
     exit status of the caller's own children, so that they are seen gone.
 
     A process a service started in a group of its own (``retention dashboard`` runs Streamlit
-    so) hears SIGTERM from its parent, as the service decides, not twice."""
+    so) hears SIGTERM from its parent, as the service decides, not twice; one whose parent
+    has ended hears it directly, as nobody else will pass it on."""
     if term_grace_s >= stop_timeout_s:
         raise ValueError("SIGTERM's grace must leave time for SIGKILL within the timeout")
     began = time.monotonic()
     report = StopReport()
-    trees = {
-        name: {process_name(pid) for pid in service_processes(leader)}
-        for name, leader in leaders.items()
-    }
+    trees = {name: _running(service_processes(leader)) for name, leader in leaders.items()}
     for name, leader in leaders.items():
         if trees[name]:
             _signal_group(leader.pid, signal.SIGTERM)
+            for orphan in _orphans(leader.pid, trees[name]):
+                _signal(orphan.pid, signal.SIGTERM)
     every = {process for tree in trees.values() for process in tree}
     left = _wait_until_gone(every, began + term_grace_s - time.monotonic(), reap)
     for name, leader in leaders.items():
@@ -290,6 +290,23 @@ def stop_services(
     report.left = sorted(process.pid for process in left)
     report.seconds = time.monotonic() - began
     return report
+
+
+def _running(pids: set[int]) -> set[ProcessName]:
+    """Those of ``pids`` running (not zombies already), by name."""
+    return {name for name in map(process_name, pids) if not is_gone(name)}
+
+
+def _orphans(group: int, tree: set[ProcessName]) -> list[ProcessName]:
+    """The processes of ``tree`` outside process group ``group`` whose parent is not in
+    ``tree``: no process of the service is left to pass a signal on to them."""
+    pids = {process.pid for process in tree}
+    found = []
+    for process in tree:
+        stat = _stat(process.pid)
+        if stat is not None and int(stat[_PGRP]) != group and int(stat[_PPID]) not in pids:
+            found.append(process)
+    return found
 
 
 def _signal_group(group: int, number: signal.Signals) -> None:
