@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from retention_pipelines.core import database
 from retention_pipelines.core.warehouse import platform_health
 from retention_pipelines.core.warehouse.platform_health import (
+    NOTHING_COUNTED,
     NightlyRuns,
     WarehouseHealth,
     nightly_window,
@@ -197,6 +198,7 @@ class PlatformReader:
         self.reads = 0
         self._lock = threading.Lock()
         self._url: str | None = None
+        self._scored = NOTHING_COUNTED  # the latest count, reused while it holds
         self._latest: Reading | None = None
         self._read_at = 0.0
 
@@ -218,9 +220,11 @@ class PlatformReader:
         return Reading(read_at, time.perf_counter() - started, warehouse, nightly)
 
     def _read_warehouse(self) -> WarehouseHealth:
-        return platform_health.read_warehouse_health(
-            self._warehouse_url(), timeout_s=self.config.timeout_s
+        health = platform_health.read_warehouse_health(
+            self._warehouse_url(), timeout_s=self.config.timeout_s, known=self._scored
         )
+        self._scored = health.scored
+        return health
 
     def _read_nightly(self) -> NightlyRuns:
         url = database.with_database(self._warehouse_url(), self.config.dagster_database)
@@ -289,11 +293,12 @@ def _exporter_figures(reading: Reading) -> Iterator[GaugeMetricFamily]:
 def _warehouse_figures(
     health: WarehouseHealth, config: ExporterConfig, now: datetime
 ) -> Iterator[GaugeMetricFamily]:
-    yield _gauge("scored_rows", health.scored_rows)
-    if health.scored_date is not None:
+    scored = health.scored
+    yield _gauge("scored_rows", scored.rows)
+    if scored.snapshot_date is not None:
         today = now.astimezone(ZoneInfo(config.timezone)).date()
-        yield _gauge("latest_scored_date_timestamp_seconds", _day(health.scored_date, config))
-        yield _gauge("latest_scored_date_age_days", (today - health.scored_date).days)
+        yield _gauge("latest_scored_date_timestamp_seconds", _day(scored.snapshot_date, config))
+        yield _gauge("latest_scored_date_age_days", (today - scored.snapshot_date).days)
     yield from _ingestion_figures(health, config)
     yield from _monitoring_figures(health, config)
     yield from _champion_figures(health)

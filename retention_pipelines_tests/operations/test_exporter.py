@@ -265,6 +265,39 @@ def test_a_new_platform_exports_only_what_exists(database_url: str, server_url: 
     }
 
 
+def test_the_latest_dates_count_holds_until_the_scores_table_is_written(database_url: str) -> None:
+    """Counting a date's scores is linear in its customers: it is done again only once the
+    date or the table's writes moved, which the statistics collector counts for nothing."""
+    _write_and_flush_statistics(database_url, _SEED)
+    counted = platform_health.read_warehouse_health(database_url, timeout_s=3).scored
+    assert (counted.rows, counted.writes) == (120, 220)
+
+    reused = platform_health.read_warehouse_health(
+        database_url, timeout_s=3, known=replace(counted, rows=999)
+    )
+    assert reused.scored.rows == 999  # the known count, not a new one
+
+    _write_and_flush_statistics(  # one more customer scored on the date
+        database_url,
+        "insert into ml.churn_risk_scores select snapshot_date, 'C-new', churn_probability,"
+        " risk_band, top_reason_1, top_reason_1_contribution, top_reason_2,"
+        " top_reason_2_contribution, top_reason_3, top_reason_3_contribution, model_name,"
+        " model_version, scored_at from ml.churn_risk_scores"
+        " where snapshot_date = '2026-03-02' limit 1",
+    )
+    recounted = platform_health.read_warehouse_health(database_url, timeout_s=3, known=counted)
+    assert (recounted.scored.rows, recounted.scored.writes) == (121, 221)
+
+
+def _write_and_flush_statistics(url: str, statement: str) -> None:
+    """Run ``statement`` and have its row counts reach the statistics now (a session reports
+    them when it goes idle, at most once a second unless asked)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)  # type: ignore[arg-type]  # the test's own SQL
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")  # idle in between: the statistics were reported
+
+
 # --- the cache ------------------------------------------------------------------------------
 
 

@@ -4,8 +4,10 @@ succeeded. The Prometheus exporter (``retention exporter``) reads these figures 
 scrape it does not answer from its cache, so each read is one statement:
 
 - the warehouse's figures come from one query, a CTE per figure, each the newest row of its
-  table found through the table's primary key (the scored rows are counted on the latest
-  date only, from the key's index);
+  table found through the table's primary key. The customers scored on the latest date are
+  counted from the key's index (about 0.2 s a million customers), and only when the date or
+  the scores table changed since the previous count: the statistics collector's count of
+  the table's row writes says so for free;
 - the nightly runs come from Dagster's run storage (dagster-postgres keeps them in the
   ``runs`` table of the Dagster database on the same server): one aggregate over the nightly
   job's successful runs.
@@ -45,11 +47,31 @@ DAGSTER_SUCCESS: Final = "SUCCESS"
 APPLICATION_NAME: Final = "retention-exporter"
 
 _HEALTH_QUERY: Final = f"""
-with scored as (
-    select snapshot_date, count(*) as rows
-    from {CHURN_RISK_SCORES}
-    where snapshot_date = (select max(snapshot_date) from {CHURN_RISK_SCORES})
-    group by snapshot_date
+with latest_scores as (
+    select max(snapshot_date) as snapshot_date from {CHURN_RISK_SCORES}
+),
+score_writes as (
+    -- Rows ever inserted, updated or deleted in the scores table (the statistics collector's
+    -- counters): while neither they nor the latest date move, the date's count holds.
+    select n_tup_ins + n_tup_upd + n_tup_del as writes
+    from pg_stat_user_tables
+    where relid = %(scores_table)s::regclass
+),
+scored as (
+    select
+        latest_scores.snapshot_date,
+        score_writes.writes,
+        case
+            when latest_scores.snapshot_date = %(known_date)s::date
+                and score_writes.writes = %(known_writes)s::bigint
+            then %(known_rows)s::bigint
+            else (
+                select count(*) from {CHURN_RISK_SCORES} as scores
+                where scores.snapshot_date = latest_scores.snapshot_date
+            )
+        end as rows
+    from latest_scores
+    left join score_writes on true
 ),
 ingested as (
     select snapshot_date, rows_read, rows_valid, rows_rejected, duplicates_collapsed
@@ -88,6 +110,7 @@ realised as (
 select
     scored.snapshot_date as scored_date,
     scored.rows as scored_rows,
+    scored.writes as score_writes,
     ingested.snapshot_date as ingested_date,
     ingested.rows_read,
     ingested.rows_valid,
@@ -174,11 +197,23 @@ class Champion:
 
 
 @dataclass(frozen=True)
+class ScoredRows:
+    """The customers scored on the latest date (None: nothing scored yet), counted when the
+    scores table had seen ``writes`` row writes (None: the server keeps no such count)."""
+
+    snapshot_date: date | None
+    rows: int
+    writes: int | None
+
+
+NOTHING_COUNTED: Final = ScoredRows(snapshot_date=None, rows=0, writes=None)
+
+
+@dataclass(frozen=True)
 class WarehouseHealth:
     """The warehouse's figures; a part is None while its table has no row (a new platform)."""
 
-    scored_date: date | None
-    scored_rows: int
+    scored: ScoredRows
     ingestion: Ingestion | None
     drift: Drift | None
     quality: Quality | None
@@ -203,10 +238,20 @@ class NightlyWindow:
     deadline: datetime
 
 
-def read_warehouse_health(url: str, *, timeout_s: float) -> WarehouseHealth:
-    """The warehouse's figures in one statement (see the module's docstring)."""
+def read_warehouse_health(
+    url: str, *, timeout_s: float, known: ScoredRows = NOTHING_COUNTED
+) -> WarehouseHealth:
+    """The warehouse's figures in one statement (see the module's docstring); the latest
+    date's scores are counted again unless ``known``, the previous read's count, still holds."""
+    parameters = {
+        "model_name": MODEL_NAME,
+        "scores_table": CHURN_RISK_SCORES,
+        "known_date": known.snapshot_date,
+        "known_writes": known.writes,
+        "known_rows": known.rows,
+    }
     with _read_only(url, timeout_s) as conn:
-        row = conn.execute(_HEALTH_QUERY, {"model_name": MODEL_NAME}).fetchone()
+        row = conn.execute(_HEALTH_QUERY, parameters).fetchone()
     assert row is not None  # noqa: S101  # a select from one row returns one row
     return _warehouse_health(row)
 
@@ -265,8 +310,11 @@ def _read_only(url: str, timeout_s: float) -> psycopg.Connection[dict[str, Any]]
 
 def _warehouse_health(row: dict[str, Any]) -> WarehouseHealth:
     return WarehouseHealth(
-        scored_date=row["scored_date"],
-        scored_rows=int(row["scored_rows"] or 0),
+        scored=ScoredRows(
+            snapshot_date=row["scored_date"],
+            rows=int(row["scored_rows"] or 0),
+            writes=row["score_writes"],
+        ),
         ingestion=_ingestion(row),
         drift=_drift(row),
         quality=_quality(row),
