@@ -75,55 +75,60 @@ def is_gone(process: ProcessName) -> bool:
 
 def descendants(pid: int) -> set[int]:
     """The processes ``pid`` started, and theirs, from ``/proc`` (none where there is none)."""
+    return _descendants_in(_process_table(), pid)
+
+
+def group_members(group: int) -> set[int]:
+    """The processes of process group ``group`` still running or not yet reaped, from
+    ``/proc`` (none where there is none)."""
+    return {pid for pid, stat in _process_table().items() if int(stat[_PGRP]) == group}
+
+
+def session_members(session: int) -> set[int]:
+    """The processes of session ``session`` still running or not yet reaped, whatever their
+    process group, from ``/proc`` (none where there is none)."""
+    return {pid for pid, stat in _process_table().items() if int(stat[_SESSION]) == session}
+
+
+def service_processes(
+    leader: ProcessName, table: Mapping[int, list[str]] | None = None
+) -> set[int]:
+    """Every process of the service ``leader`` started as a session leader: its session and
+    group (even once ``leader`` has ended) and, while ``leader`` runs, what it started in a
+    session of its own. ``table``: ``/proc`` as read a moment ago (read now without)."""
+    now = _started(leader.pid)
+    if now is not None and leader.started is not None and now != leader.started:
+        # The pid is another process's: Linux reuses none a session or group still bears,
+        # so nothing of the service is left.
+        return set()
+    table = _process_table() if table is None else table
+    found = {
+        pid for pid, stat in table.items() if leader.pid in (int(stat[_SESSION]), int(stat[_PGRP]))
+    }
+    if not is_gone(leader):
+        found |= _descendants_in(table, leader.pid) | {leader.pid}
+    return found
+
+
+def _process_table() -> dict[int, list[str]]:
+    """Every process's ``/proc/<pid>/stat`` fields, by pid: one pass over ``/proc``."""
+    return {
+        int(entry.name): stat
+        for entry in (PROC.iterdir() if PROC.is_dir() else ())
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None
+    }
+
+
+def _descendants_in(table: Mapping[int, list[str]], pid: int) -> set[int]:
     parents: dict[int, list[int]] = {}
-    for entry in PROC.iterdir() if PROC.is_dir() else ():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            parents.setdefault(int(stat[_PPID]), []).append(int(entry.name))
+    for child, stat in table.items():
+        parents.setdefault(int(stat[_PPID]), []).append(child)
     found: set[int] = set()
     frontier = [pid]
     while frontier:
         children = [child for child in parents.get(frontier.pop(), []) if child not in found]
         found.update(children)
         frontier.extend(children)
-    return found
-
-
-def group_members(group: int) -> set[int]:
-    """The processes of process group ``group`` still running or not yet reaped, from
-    ``/proc`` (none where there is none)."""
-    return {
-        int(entry.name)
-        for entry in (PROC.iterdir() if PROC.is_dir() else ())
-        if entry.name.isdigit()
-        and (stat := _stat(int(entry.name))) is not None
-        and int(stat[_PGRP]) == group
-    }
-
-
-def session_members(session: int) -> set[int]:
-    """The processes of session ``session`` still running or not yet reaped, whatever their
-    process group, from ``/proc`` (none where there is none)."""
-    return {
-        int(entry.name)
-        for entry in (PROC.iterdir() if PROC.is_dir() else ())
-        if entry.name.isdigit()
-        and (stat := _stat(int(entry.name))) is not None
-        and int(stat[_SESSION]) == session
-    }
-
-
-def service_processes(leader: ProcessName) -> set[int]:
-    """Every process of the service ``leader`` started as a session leader: its session and
-    group (even once ``leader`` has ended) and, while ``leader`` runs, what it started in a
-    session of its own."""
-    now = _started(leader.pid)
-    if now is not None and leader.started is not None and now != leader.started:
-        # The pid is another process's: Linux reuses none a session or group still bears,
-        # so nothing of the service is left.
-        return set()
-    found = session_members(leader.pid) | group_members(leader.pid)
-    if not is_gone(leader):
-        found |= descendants(leader.pid) | {leader.pid}
     return found
 
 
@@ -269,27 +274,48 @@ def stop_services(
         raise ValueError("SIGTERM's grace must leave time for SIGKILL within the timeout")
     began = time.monotonic()
     report = StopReport()
-    trees = {name: _running(service_processes(leader)) for name, leader in leaders.items()}
+    table = _process_table()
+    trees = {name: _running(service_processes(leader, table)) for name, leader in leaders.items()}
     for name, leader in leaders.items():
         if trees[name]:
             _signal_group(leader.pid, signal.SIGTERM)
             for orphan in _orphans(leader.pid, trees[name]):
                 _signal(orphan.pid, signal.SIGTERM)
     every = {process for tree in trees.values() for process in tree}
-    left = _wait_until_gone(every, began + term_grace_s - time.monotonic(), reap)
+    _wait_until_gone(every, began + term_grace_s - time.monotonic(), reap)
+    # What is left now, with what the services started as the stop began (a worker spawned).
+    table = _process_table()
     for name, leader in leaders.items():
-        stubborn = trees[name] & left
+        stubborn = _running(service_processes(leader, table))
         report.terminated[name] = len(trees[name] - stubborn)
         report.killed[name] = len(stubborn)
-        if stubborn:
-            _signal_group(leader.pid, signal.SIGKILL)
-            for process in stubborn:
-                if not is_gone(process):
-                    _signal(process.pid, signal.SIGKILL)
-    left = _wait_until_gone(left, began + stop_timeout_s - time.monotonic(), reap)
+    left = _kill_until_gone(leaders, began + stop_timeout_s, reap)
     report.left = sorted(process.pid for process in left)
     report.seconds = time.monotonic() - began
     return report
+
+
+def _kill_until_gone(
+    leaders: Mapping[str, ProcessName], deadline: float, reap: Callable[[], None] | None
+) -> set[ProcessName]:
+    """SIGKILL to every process of the services until none is left (a process born meanwhile
+    included), or ``deadline``; those still there then."""
+    while True:
+        if reap is not None:
+            reap()
+        table = _process_table()
+        running = {
+            name: _running(service_processes(leader, table)) for name, leader in leaders.items()
+        }
+        left = {process for processes in running.values() for process in processes}
+        if not left or time.monotonic() >= deadline:
+            return left
+        for name, leader in leaders.items():
+            if running[name]:
+                _signal_group(leader.pid, signal.SIGKILL)
+                for process in running[name]:
+                    _signal(process.pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _running(pids: set[int]) -> set[ProcessName]:
