@@ -21,9 +21,11 @@ from __future__ import annotations
 import fcntl
 import json
 import shlex
+import shutil
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -185,7 +187,9 @@ def up(settings: RetentionSettings, console: Console) -> int:
     with _one_command_at_a_time(files):
         state = running_state(files)
         services = stack_services(settings, files)
-        _refuse_busy_ports([service for service in services if service.name not in state.services])
+        to_start = [service for service in services if service.name not in state.services]
+        _refuse_missing_programs(to_start)
+        _refuse_busy_ports(to_start)
         with console.status("preparing Postgres, the Dagster instance and the configs ..."):
             state.database, dagster_url = _prepare(settings, state.database)
             write_configs(settings, files)
@@ -227,6 +231,28 @@ def start_and_wait(
         return 1
     _print_services(console, services, files, waiter.health)
     return 0
+
+
+def _refuse_missing_programs(services: Sequence[StackService]) -> None:
+    """Before anything starts: a program that is not installed would fail one service late."""
+    missing = [
+        f"{program} (for {service.name})"
+        for service in services
+        for program in _programs(service.command)
+        if not (Path(program).is_file() or shutil.which(program))
+    ]
+    if missing:
+        raise StackError(
+            f"not installed: {', '.join(missing)}. The platform's commands come with "
+            "`make install`; Prometheus with Debian's package (`apt-get install prometheus`)"
+        )
+
+
+def _programs(command: Sequence[str]) -> list[str]:
+    """The programs a command runs: its first word, and those a shell wrapper runs."""
+    if Path(command[0]).name == "sh" and "-c" in command:
+        return [command[0], *command[command.index("-c") + 2 : command.index("-c") + 4]]
+    return [command[0]]
 
 
 def _refuse_busy_ports(services: Sequence[StackService]) -> None:
@@ -532,7 +558,9 @@ def _embedded_server_pid(pgdata: Path) -> int | None:
 def _postmaster(pgdata: Path) -> Any:
     if not (pgdata / "postmaster.pid").exists():
         return None
-    from pgserver.utils import PostmasterInfo  # noqa: PLC0415
+    with warnings.catch_warnings():  # pgserver's import asks for a runtime folder it never uses
+        warnings.simplefilter("ignore")
+        from pgserver.utils import PostmasterInfo  # noqa: PLC0415
 
     try:
         return PostmasterInfo.read_from_pgdata(pgdata)

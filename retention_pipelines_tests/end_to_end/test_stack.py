@@ -225,6 +225,36 @@ def test_up_refuses_a_port_another_program_holds_before_starting_anything(
             control._refuse_busy_ports([_server("free"), taken])
 
 
+def test_up_refuses_a_program_that_is_not_installed_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    missing = StackService(
+        name="prometheus", command=[str(tmp_path / "prometheus")],
+        health=HealthCheck("http", "http://127.0.0.1:1/"), url="",
+    )  # fmt: skip
+    with pytest.raises(control.StackError, match=r"prometheus \(for prometheus\).*apt-get"):
+        control._refuse_missing_programs([_server("here"), missing])
+
+
+def test_the_commands_say_when_no_stack_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from retention_pipelines.cli import app  # noqa: PLC0415
+    from retention_pipelines.settings import get_settings  # noqa: PLC0415
+
+    monkeypatch.setenv("RETENTION_HOME_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        status = CliRunner().invoke(app, ["stack", "status"])
+        down = CliRunner().invoke(app, ["stack", "down"])
+    finally:
+        get_settings.cache_clear()
+    assert status.exit_code == 1 and "the stack is not running" in status.output
+    assert down.exit_code == 0 and "nothing to stop" in down.output
+
+
 # ---------- the real stack, as `make stack` runs it
 
 RETENTION = str(Path(sys.executable).parent / "retention")
