@@ -11,7 +11,7 @@ PYTHON ?= python3.11
 RUN := $(UV) run --frozen
 PORT ?= 3000
 
-.PHONY: help install demo dev mlflow serve dashboard test lint format db-upgrade db-stop clean
+.PHONY: help install demo dev mlflow serve dashboard test lint format db-upgrade db-stop stack stack-stop clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ db-upgrade: install ## Apply the warehouse migrations
 
 db-stop: install ## Stop the embedded Postgres
 	$(RUN) retention db stop
+
+stack: install ## The compose topology as local processes (Dagster, MLflow, API, dashboard, exporter, Prometheus), in the background
+	$(RUN) retention stack up
+
+stack-stop: install ## Stop everything `make stack` started (`retention stack status` shows how each service is)
+	$(RUN) retention stack down
 
 clean: ## Remove build outputs (keeps .retention/ data)
 	rm -rf dbt_project/target dbt_project/logs .pytest_cache .ruff_cache

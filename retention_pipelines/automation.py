@@ -8,6 +8,7 @@ from retention_pipelines.assets.partitions import daily_partitions
 from retention_pipelines.core import performance, retraining
 from retention_pipelines.core.warehouse.monitoring import quality_passed
 from retention_pipelines.resources import MlflowResource, MonitoringResource, WarehouseResource
+from retention_pipelines.settings import RetentionSettings
 
 # Everything snapshot-shaped for one day: ingestion, then the dbt feature tables.
 daily_snapshot_job = dg.define_asset_job(
@@ -23,6 +24,9 @@ retrain_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("training"),
     description="Tune and calibrate a churn model, register it as challenger, run the gate.",
     tags={"retention/stage": "training"},
+    # One search in one place, whichever executor the partitioned jobs use: its Optuna study
+    # spreads over `retention tune-worker` processes, not over step pods.
+    executor_def=dg.multiprocess_executor,
 )
 
 # The night: ingest the day's landing file, rebuild its features (and check their quality),
@@ -38,6 +42,20 @@ nightly_scoring_job = dg.define_asset_job(
         "One snapshot date end to end: ingestion, features, scores, analytics views, drift."
     ),
 )
+
+
+def step_executor(settings: RetentionSettings) -> dg.ExecutorDefinition:
+    """The executor of the jobs that do not name one (the partitioned ones): processes of the
+    run's machine, or on Kubernetes (``RETENTION_EXECUTOR=k8s``) Dagster's own
+    ``k8s_job_executor``, a pod per step with at most ``k8s_max_concurrent_steps`` at once."""
+    if settings.executor == "k8s":
+        from dagster_k8s import k8s_job_executor  # noqa: PLC0415
+
+        return k8s_job_executor.configured(
+            {"max_concurrent": settings.k8s_max_concurrent_steps}, name="k8s_step_executor"
+        )
+    return dg.multiprocess_executor
+
 
 # 02:00 in RETENTION_TIMEZONE, for that day's partition (today's landing file must have
 # arrived by then). Runs are keyed by partition, so a tick evaluated twice launches once.

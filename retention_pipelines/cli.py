@@ -737,6 +737,31 @@ DEMO_COUNTERS = {
 }
 
 
+@app.command("tune-worker")
+def tune_worker(
+    study: Annotated[str, typer.Option(help="The stored study to join: churn-<run id>-<family>.")],
+    trials: Annotated[
+        int, typer.Option(min=1, help="Most trials this worker runs (fewer once the study ends).")
+    ],
+) -> None:
+    """Join a training run's Optuna study in Postgres and run some of its trials, one line per
+    trial; any number of workers, on any machines, share the study's trial budget."""
+    import optuna  # noqa: PLC0415
+
+    from retention_pipelines.core.database import settings_database_url  # noqa: PLC0415
+    from retention_pipelines.core.tune_worker import TuneWorkerError, run_worker  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker prints its own lines
+    say = lambda line: console.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        url = settings_database_url(get_settings())
+        report = run_worker(url, study, trials, on_trial=lambda trial: say(trial.line()))
+    except TuneWorkerError as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from error
+    say(report.line())
+
+
 @app.command()
 def demo(
     customers: Annotated[
@@ -1036,3 +1061,72 @@ def _serve_metrics(port: int, host: str) -> None:
     prometheus_multiprocess.MultiProcessCollector(registry)
     start_http_server(port, addr=host, registry=registry)
     console.print(f"metrics on http://{host}:{port}/metrics", highlight=False)
+
+
+@app.command()
+def exporter(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (RETENTION_EXPORTER_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RETENTION_EXPORTER_PORT).")] = None,
+) -> None:
+    """Serve the platform's health (scores, rejects, drift, data quality, realised AUC, the
+    champion, the nightly run) as Prometheus metrics at /metrics; Ctrl-C stops it."""
+    from retention_pipelines.exporter import exporter_config, serve_exporter  # noqa: PLC0415
+
+    settings = get_settings()
+    bind_host, bind_port = host or settings.exporter_host, port or settings.exporter_port
+    console.print(
+        f"platform metrics on http://{bind_host}:{bind_port}/metrics (read at most every "
+        f"{settings.exporter_cache_s:g} s)",
+        highlight=False,
+    )
+    sys.stdout.flush()
+    serve_exporter(exporter_config(settings), host=bind_host, port=bind_port)
+
+
+# --- the stack on one machine ------------------------------------------------------------------
+
+stack_app = typer.Typer(
+    help="The compose topology as local processes: `make stack` (up), `make stack-stop` (down)."
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_command(run: Callable[[Any, Console], int]) -> None:
+    """Run a stack command; its refusals (a busy port, another command running) in one line."""
+    from retention_pipelines.stack.control import StackError  # noqa: PLC0415
+
+    try:
+        code = run(get_settings(), console)
+    except StackError as refused:
+        console.print(f"[red]{refused}[/red]", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1) from refused
+    raise typer.Exit(code=code)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start every service in the background (Dagster code server, webservers and daemon,
+    MLflow, the API, the dashboard, the exporter, Prometheus), wait until each answers, and
+    print where each one is. Services already running are kept."""
+    from retention_pipelines.stack.control import up  # noqa: PLC0415
+
+    _stack_command(up)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Each service, its pid, URL and health; exits 1 when any is not serving."""
+    from retention_pipelines.stack.control import status  # noqa: PLC0415
+
+    _stack_command(status)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every service of the stack (SIGTERM, then SIGKILL after a grace; 15 s at most),
+    and the embedded Postgres when `stack up` started it."""
+    from retention_pipelines.stack.control import down  # noqa: PLC0415
+
+    _stack_command(down)

@@ -30,17 +30,20 @@ def load_definitions() -> dg.Definitions:
         nightly_scoring_job,
         nightly_scoring_schedule,
         retrain_job,
+        step_executor,
     )
     from retention_pipelines.checks.quality import quality_checks  # noqa: PLC0415
     from retention_pipelines.resources import resources_from_settings  # noqa: PLC0415
     from retention_pipelines.settings import get_settings  # noqa: PLC0415
 
     stages = [ingestion, features, training, scoring, monitoring]
+    settings = get_settings()
     return dg.Definitions(
         assets=dg.load_assets_from_modules(stages),
         asset_checks=[*dg.load_asset_checks_from_modules(stages), *quality_checks],
         jobs=[daily_snapshot_job, nightly_scoring_job, retrain_job],
         schedules=[nightly_scoring_schedule],
         sensors=[drift_retrain_sensor],
-        resources=resources_from_settings(get_settings(), features.retention_dbt_project),
+        resources=resources_from_settings(settings, features.retention_dbt_project),
+        executor=step_executor(settings),
     )

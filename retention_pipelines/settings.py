@@ -6,8 +6,10 @@ Defaults make a fresh clone work locally: no database install (an embedded Postg
 
 from __future__ import annotations
 
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +81,16 @@ class RetentionSettings(BaseSettings):
         default="2024-01-01", description="First daily partition of the snapshot assets."
     )
     timezone: str = Field(default="UTC", description="Timezone of the daily partitions.")
+    executor: Literal["multiprocess", "k8s"] = Field(
+        default="multiprocess",
+        description=(
+            "How the partitioned jobs run their steps: `multiprocess` (processes of the run's "
+            "machine) or `k8s` (Dagster's k8s_job_executor: a pod per step, on Kubernetes)."
+        ),
+    )
+    k8s_max_concurrent_steps: int = Field(
+        default=4, ge=1, description="With `executor=k8s`: step pods one run has at once."
+    )
     dbt_project_dir: Path = Field(
         default=PROJECT_ROOT / "dbt_project", description="The dbt project Dagster runs."
     )
@@ -316,6 +328,65 @@ class RetentionSettings(BaseSettings):
         description="Optuna trials for CatBoost when `make demo` trains its first champion.",
     )
 
+    exporter_host: str = Field(
+        default="127.0.0.1", description="Address `retention exporter` binds."
+    )
+    exporter_port: int = Field(
+        default=9464, ge=1, le=65535, description="Port of the platform's metrics (/metrics)."
+    )
+    exporter_cache_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="How long the exporter reuses its figures: scrapes within it read nothing.",
+    )
+    exporter_timeout_s: float = Field(
+        default=4.0,
+        gt=0,
+        description=(
+            "How long the exporter waits for a connection or a statement before it reports "
+            "the source down (keep two of them under Prometheus' scrape timeout)."
+        ),
+    )
+    nightly_deadline: time = Field(
+        default=time(6, 0),
+        description=(
+            "Local time (RETENTION_TIMEZONE) by which the night's nightly_scoring_job run must "
+            "have succeeded; the exporter's deadline for the alert."
+        ),
+    )
+
+    dagster_port: int = Field(
+        default=3000, ge=1, le=65535, description="Port of the Dagster UI `make stack` serves."
+    )
+    dagster_readonly_port: int = Field(
+        default=3001,
+        ge=1,
+        le=65535,
+        description="Port of `make stack`'s read-only Dagster UI, for people who only look.",
+    )
+    dagster_grpc_port: int = Field(
+        default=4000,
+        ge=1,
+        le=65535,
+        description="Port of the Dagster code server (gRPC) `make stack` runs the webservers on.",
+    )
+    mlflow_port: int = Field(
+        default=5000, ge=1, le=65535, description="Port of `make stack`'s MLflow server."
+    )
+    prometheus_port: int = Field(
+        default=9090, ge=1, le=65535, description="Port of `make stack`'s Prometheus."
+    )
+    stack_scrape_interval_s: float = Field(
+        default=15.0,
+        ge=1,
+        description="How often `make stack`'s Prometheus scrapes and evaluates the alert rules.",
+    )
+    stack_ready_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long `retention stack up` waits for every service to answer.",
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:
         if self.risk_medium_threshold >= self.risk_high_threshold:
@@ -345,6 +416,11 @@ class RetentionSettings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.home_dir / "dagster_home"
+
+    @property
+    def stack_dir(self) -> Path:
+        """Where `make stack` keeps its state, generated configs, logs and Prometheus' data."""
+        return self.home_dir / "stack"
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from retention_pipelines.assets import features
 from retention_pipelines.assets.training import TrainingConfig
 from retention_pipelines.definitions import load_definitions
 from retention_pipelines.resources import TrainingResource, resources_from_settings
-from retention_pipelines.settings import RetentionSettings
+from retention_pipelines.settings import RetentionSettings, get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("asset_graph.json")
@@ -198,3 +198,23 @@ def test_dagster_validates_the_workspace_from_the_command_line(tmp_path: Path) -
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_on_kubernetes_the_partitioned_jobs_run_a_pod_per_step_and_training_stays_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETENTION_EXECUTOR", "k8s")
+    monkeypatch.setenv("RETENTION_K8S_MAX_CONCURRENT_STEPS", "6")
+    get_settings.cache_clear()
+    try:
+        on_k8s = load_definitions()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    for name in ("daily_snapshot_job", "nightly_scoring_job"):
+        executor = on_k8s.resolve_job_def(name).executor_def
+        assert executor.name == "k8s_step_executor"
+        assert executor.executor_creation_fn is not None
+    assert on_k8s.resolve_job_def("retrain_job").executor_def.name == "multiprocess"
+    local = load_definitions().resolve_job_def("nightly_scoring_job").executor_def
+    assert local.name == "multiprocess"
