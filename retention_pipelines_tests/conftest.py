@@ -29,6 +29,29 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RETENTION_HOME_DIR", str(_TEST_HOME))
 
 
+# Folders whose tests share one package-scoped fixture (the dashboard's scored warehouse): on
+# several workers (`-n 2`, as CI runs the suite) they stay together, so it is built once.
+_SHARED_FIXTURE_PACKAGES = ("dashboard",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n N --dist loadgroup``): each module runs whole on one worker
+    (module fixtures are built once), a shared-fixture package whole on one, and the groups
+    holding slow tests are handed out first, so the longest ones do not start last."""
+    if getattr(config.option, "numprocesses", None) in (None, 0):
+        return
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        path = Path(item.nodeid.split("::")[0])
+        group = path.parent.name if path.parent.name in _SHARED_FIXTURE_PACKAGES else str(path)
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    slow_first = sorted(
+        groups.values(), key=lambda group: not any(i.get_closest_marker("slow") for i in group)
+    )
+    items[:] = [item for group in slow_first for item in group]
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from retention_pipelines.core.database import stop_embedded_server  # noqa: PLC0415
 

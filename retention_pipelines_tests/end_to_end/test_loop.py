@@ -1,6 +1,7 @@
-"""The closed loop end to end, in process on real Postgres, MLflow and Dagster: a simulated
-week whose data drifts from day 4 runs night after night; the sensor retrains once, a new
-version is registered and the gate's decision recorded."""
+"""The closed loop end to end, in process on real Postgres, MLflow and Dagster: four simulated
+nights whose data drifts from day 3, run night after night (two quiet, the drifted one, one
+after it); the sensor retrains once, a new version is registered and the gate's decision
+recorded."""
 
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -20,15 +21,15 @@ from retention_pipelines_tests.helpers import TINY_TRAINING, platform_settings
 
 pytestmark = pytest.mark.slow
 START = date(2026, 4, 1)
-DAYS = 7
-DRIFT_FROM = 4
+DAYS = 4
+DRIFT_FROM = 3
 
 
 @pytest.fixture(scope="module")
 def platform(
     module_database_url: str, server_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """The platform's settings pointed at throwaway stores, with a simulated week landed."""
+    """The platform's settings pointed at throwaway stores, with the simulated nights landed."""
     with platform_settings(module_database_url, server_url, tmp_path_factory.mktemp("home")):
         simulation = Simulation(
             customers=1_500, days=DAYS, start=START, drift_from=DRIFT_FROM, seed=11
@@ -46,7 +47,7 @@ def _drift_rows(url: str) -> dict[date, tuple[bool, str]]:
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def test_a_drifting_week_retrains_once_and_the_gate_decides(platform: str) -> None:
+def test_drifting_nights_retrain_once_and_the_gate_decides(platform: str) -> None:
     instance = dg.DagsterInstance.ephemeral()
     defs = load_definitions()
     first = START.isoformat()
