@@ -4,6 +4,8 @@ training run small enough for tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,3 +131,14 @@ TINY_TRAINING = {
         for name in ("training_set", "churn_model_candidates")
     }
 }
+
+
+def debian_program(program: str, package: str) -> str:
+    """A program the tests drive from a Debian package (``.ci/run`` installs the package where
+    it is missing): its path; a skip where it is not installed, a failure in CI."""
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is missing: .ci/run installs Debian's {package} package")
+        pytest.skip(f"{program} is not installed here (apt-get install {package})")
+    return path

@@ -33,6 +33,7 @@ from retention_pipelines_tests.dashboard.warehouse import (
     LATEST_DAY,
     ScoredWarehouse,
 )
+from retention_pipelines_tests.helpers import debian_program
 from retention_pipelines_tests.serving.processes import (
     LOOPBACK,
     RETENTION,
@@ -60,12 +61,7 @@ class Dashboard:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: .ci/run installs it with apt")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    return path
+    return debian_program("chromium", "chromium")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ platform's data (does it return series?).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -25,6 +23,8 @@ from typing import Any, Final
 
 import pytest
 import yaml
+
+from retention_pipelines_tests.helpers import debian_program
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
 DASHBOARDS_DIR: Final = PROJECT_ROOT / "docker" / "grafana" / "dashboards"
@@ -100,12 +100,7 @@ def instant_query(base_url: str, expr: str, timeout_s: float = 10) -> dict[str, 
 
 def prometheus_binary() -> str:
     """Debian's Prometheus server; .ci/run installs the package where it is missing."""
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's prometheus is missing: .ci/run installs it with apt")
-        pytest.skip("Debian's prometheus is not installed here (apt-get install prometheus)")
-    return path
+    return debian_program("prometheus", "prometheus")
 
 
 def _free_port() -> int:

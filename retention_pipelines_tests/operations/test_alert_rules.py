@@ -4,7 +4,6 @@ a broken rule, and every metric a rule reads is one the platform exports."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from retention_pipelines_tests.helpers import debian_program
 from retention_pipelines_tests.operations.promql import (
     ALERT_RULES,
     PROMETHEUS_DIR,
@@ -27,12 +27,7 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool is not installed here (apt-get install prometheus)")
-    return path
+    return debian_program("promtool", "prometheus")
 
 
 def _promtool(promtool: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
