@@ -29,27 +29,19 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RETENTION_HOME_DIR", str(_TEST_HOME))
 
 
-# Folders whose tests share one package-scoped fixture (the dashboard's scored warehouse): on
-# several workers (`-n 2`, as CI runs the suite) they stay together, so it is built once.
-_SHARED_FIXTURE_PACKAGES = ("dashboard",)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``-n N --dist loadgroup``): each module runs whole on one worker
-    (module fixtures are built once), a shared-fixture package whole on one, and the groups
-    holding slow tests are handed out first, so the longest ones do not start last."""
-    if getattr(config.option, "numprocesses", None) in (None, 0):
+    """On a pytest-xdist worker (CI runs ``-n 2 --dist loadfile``: each module whole on one
+    worker, its fixtures built once and its tests in order), the modules holding slow tests
+    come first, so the scheduler hands out the longest ones before the quick ones."""
+    if not hasattr(config, "workerinput"):  # set on xdist's workers only
         return
-    groups: dict[str, list[pytest.Item]] = {}
+    modules: dict[str, list[pytest.Item]] = {}
     for item in items:
-        path = Path(item.nodeid.split("::")[0])
-        group = path.parent.name if path.parent.name in _SHARED_FIXTURE_PACKAGES else str(path)
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups.setdefault(group, []).append(item)
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
     slow_first = sorted(
-        groups.values(), key=lambda group: not any(i.get_closest_marker("slow") for i in group)
+        modules.values(), key=lambda module: not any(i.get_closest_marker("slow") for i in module)
     )
-    items[:] = [item for group in slow_first for item in group]
+    items[:] = [item for module in slow_first for item in module]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

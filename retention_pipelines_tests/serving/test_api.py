@@ -563,11 +563,13 @@ def test_metrics_expose_requests_latency_predictions_models_and_the_prediction_l
 
 
 def test_the_cli_prints_a_new_key_once_lists_keys_without_them_and_revokes_one(
-    platform: api.ServingPlatform, client: TestClient
+    platform: api.ServingPlatform, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = CliRunner()
     name = f"crm-{uuid.uuid4().hex[:6]}"
     wide = {"COLUMNS": "250"}
+    # A wide table whatever width the console took from the environment when it was made.
+    monkeypatch.setattr(cli.console, "_width", 250)
 
     created = runner.invoke(cli.app, ["api-key", "create", name, "--scope", "read"], env=wide)
     listed = runner.invoke(cli.app, ["api-key", "list"], env=wide)
