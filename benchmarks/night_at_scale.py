@@ -19,17 +19,22 @@ dbt steps) is what the step's pod holds:
 3. ``quality``: the Great Expectations suite on the date;
 4. ``scoring``: the champion's scores with reasons, with the asset's summary and checks;
 5. ``drift``: the drift report against the champion's training data;
-6. ``analytics``: ``dbt build`` of the analytics models (the call list rebuilt); built again
-   once a copy of the night's scores stands as an earlier date, which measures what each
-   scored date kept in ``ml.churn_risk_scores`` adds to the call list's rebuild.
+6. ``analytics``: ``dbt build`` of the analytics models (the call list rebuilt); then, the
+   scores vacuumed, built again with the night's scores alone and with three copies of them
+   as earlier dates, which measures what each scored date kept in ``ml.churn_risk_scores``
+   adds to the call list's rebuild.
 
 Per stage: seconds, rows/s, peak RSS, rows written and their rate (Postgres write throughput),
-the bytes the stage added to its tables, the WAL the server generated meanwhile (server-wide:
-other sessions' writes count too), temporary file bytes of the database, and CPU seconds of the
+the bytes the stage added to its tables, the WAL records of the database's relations
+(``pg_walinspect``, PostgreSQL 15+, with a temporary replication slot keeping the segments until
+they are read; without them, the whole server's WAL, other sessions' writes included),
+temporary file bytes of the database, and CPU seconds of the
 stage's processes and of its Postgres backends (read from ``/proc`` when the server runs on this
 machine). What does not grow with the customers is measured apart and not scaled: a dbt build
 of a date without rows, loading the champion, importing Great Expectations, reading the drift
 reference; Evidently grows only up to ``RETENTION_DRIFT_MAX_ROWS`` rows (the sample it reads).
+``--save FILE`` keeps the measurements; ``--replan FILE`` plans another target, window or pod
+size from them without measuring again.
 
 Then the night at ``--target`` customers, scaled linearly from those figures: per stage the
 time on one process, the memory per pod (flat for the chunked stages, growing with the date for
@@ -56,7 +61,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -68,6 +73,7 @@ from retention_pipelines.settings import get_settings
 TRAIN_DAY: Final = date(2026, 3, 31)
 NIGHT: Final = date(2026, 4, 1)
 EMPTY_DAY: Final = date(2026, 4, 15)  # a date without rows: the dbt steps' fixed cost
+HISTORY_COPIES: Final = 3  # earlier scored dates added to time the call list's history
 SMALL_BUDGET: Final = {
     "xgboost_trials": 10,
     "xgboost_timeout_s": 60,
@@ -88,7 +94,6 @@ SIZED_TABLES: Final = (
 )
 # Ingestion copies the whole file into a temporary table first (core.warehouse.raw).
 INGEST_TEMP_BUFFERS: Final = 512 * 1024**2
-MIB: Final = 1024**2
 GIB: Final = 1024**3
 
 
@@ -100,27 +105,26 @@ class Kind:
     """How a stage grows: ``memory`` is ``chunk`` (bounded by a chunk setting), ``date`` (the
     whole date in memory), ``sample`` (at most the drift sample) or ``client`` (the work runs in
     Postgres; the pod holds dbt). ``split`` says whether partitions of the date divide its
-    work between pods; a ``postgres`` stage's time is the database's."""
+    work between pods; ``why`` says what bounds the stage, for people."""
 
     memory: str
     split: bool
-    postgres: bool
     why: str
 
 
 KINDS: Final = {
-    "ingestion": Kind("chunk", split=True, postgres=False,
+    "ingestion": Kind("chunk", split=True,
                       why="RETENTION_INGEST_CHUNK_ROWS rows at a time; one file per partition"),
-    "features": Kind("client", split=False, postgres=True,
+    "features": Kind("client", split=False,
                      why="one insert of the date inside Postgres"),
-    "quality": Kind("date", split=True, postgres=False,
+    "quality": Kind("date", split=True,
                     why="reads the whole date into one frame"),
-    "scoring": Kind("chunk", split=True, postgres=False,
+    "scoring": Kind("chunk", split=True,
                     why="RETENTION_SCORING_CHUNK_ROWS rows at a time"),
-    "drift": Kind("sample", split=False, postgres=False,
+    "drift": Kind("sample", split=False,
                   why="a sample of at most RETENTION_DRIFT_MAX_ROWS rows"),
-    "analytics": Kind("client", split=False, postgres=True,
-                      why="the call list rebuilt from every scored date inside Postgres"),
+    "analytics": Kind("client", split=False,
+                      why="the call list rebuilt inside Postgres from every scored date kept"),
 }  # fmt: skip
 
 
@@ -268,6 +272,7 @@ class Step:
     seconds: float  # its time in the night
     rows_written: float
     write_bytes: float  # table and WAL
+    temp_bytes: float  # Postgres temporary files, the date whole
 
     @property
     def rows_per_s(self) -> float:
@@ -300,6 +305,7 @@ def plan_step(stage: Stage, scale: Scale, partitions: int, pods: int) -> Step:
         ),
         rows_written=rows_written,
         write_bytes=per_row * rows_written,
+        temp_bytes=stage.temp_bytes * scale.factor,
     )
 
 
@@ -404,7 +410,8 @@ class Context:
     url: str
     folder: Path
     tracking_uri: str
-    wal_inspect: bool = False  # pg_walinspect: the WAL of this database's relations alone
+    # Holds a temporary replication slot keeping the WAL until each stage's records are read.
+    wal_slot: psycopg.Connection[Any] | None = None
 
 
 def main() -> None:
@@ -570,43 +577,50 @@ def _night(ctx: Context, landing: Path) -> tuple[list[Stage], int]:
     """The stages in the nightly job's order, each measured; the landing file's bytes."""
     day = {"day": NIGHT.isoformat()}
     empty = {"day": EMPTY_DAY.isoformat()}
-    ctx.wal_inspect = _wal_inspect(ctx)
-    features_fixed = _run(ctx, "features", empty).seconds
-    analytics_fixed = _run(ctx, "analytics", empty).seconds
-    ingestion = _run(ctx, "ingestion", {**day, "path": str(landing)})
-    file_bytes = landing.stat().st_size
-    stages = [
-        ingestion,
-        replace(_run(ctx, "features", day), fixed_s=features_fixed),
-        _run(ctx, "quality", day),
-        _run(ctx, "scoring", day),
-        _run(ctx, "drift", day),
-    ]
-    analytics = replace(_run(ctx, "analytics", day), fixed_s=analytics_fixed)
-    _score_earlier_date(ctx)
-    again = _run(ctx, "analytics", day)
-    print(
-        f"  analytics again with a second scored date kept: {again.seconds:.1f} s "
-        f"(+{again.seconds - analytics.seconds:.1f} s)",
-        flush=True,
-    )
-    extra = max(again.seconds - analytics.seconds, 0.0)
-    stages.append(replace(analytics, per_history_date_s=extra))
-    return stages, file_bytes
+    with _wal_kept(ctx):
+        features_fixed = _run(ctx, "features", empty).seconds
+        analytics_fixed = _run(ctx, "analytics", empty).seconds
+        stages = [
+            _run(ctx, "ingestion", {**day, "path": str(landing)}),
+            replace(_run(ctx, "features", day), fixed_s=features_fixed),
+            _run(ctx, "quality", day),
+            _run(ctx, "scoring", day),
+            _run(ctx, "drift", day),
+        ]
+        analytics = replace(_run(ctx, "analytics", day), fixed_s=analytics_fixed)
+        stages.append(replace(analytics, per_history_date_s=_history_cost(ctx, day)))
+    return stages, landing.stat().st_size
 
 
-def _score_earlier_date(ctx: Context) -> None:
-    """The night's scores copied as the day before: one more scored date for the call list."""
+def _history_cost(ctx: Context, day: dict[str, str]) -> float:
+    """Seconds each scored date kept adds to the call list's rebuild: the rebuild with the
+    night's scores alone, then with ``HISTORY_COPIES`` copies of them as earlier dates, the
+    scores vacuumed before each so that both read settled pages."""
+    _vacuum_scores(ctx)
+    alone = _run(ctx, "analytics", day).seconds
     with psycopg.connect(ctx.url) as conn:
         conn.execute(
-            "create temp table earlier as select * from ml.churn_risk_scores"
+            "create temp table night as select * from ml.churn_risk_scores"
             " where snapshot_date = %s",
             (NIGHT,),
         )
-        conn.execute("update earlier set snapshot_date = snapshot_date - 1")
-        conn.execute("insert into ml.churn_risk_scores select * from earlier")
+        for back in range(1, HISTORY_COPIES + 1):
+            conn.execute("update night set snapshot_date = %s", (NIGHT - timedelta(days=back),))
+            conn.execute("insert into ml.churn_risk_scores select * from night")
+    _vacuum_scores(ctx)
+    kept = _run(ctx, "analytics", day).seconds
+    per_date = max(kept - alone, 0.0) / HISTORY_COPIES
+    print(
+        f"  the call list's rebuild: {alone:.1f} s with one scored date, {kept:.1f} s with "
+        f"{HISTORY_COPIES + 1}: {per_date:.1f} s per scored date kept",
+        flush=True,
+    )
+    return per_date
+
+
+def _vacuum_scores(ctx: Context) -> None:
     with psycopg.connect(ctx.url, autocommit=True) as conn:
-        conn.execute("analyze ml.churn_risk_scores")
+        conn.execute("vacuum (analyze) ml.churn_risk_scores")
 
 
 # --- One measured stage: a child process, and the server's figures around it. ---
@@ -638,35 +652,49 @@ def _server_state(ctx: Context) -> ServerState:
     return ServerState(lsn=lsn, temp_bytes=temp, tables={name: int(size) for name, size in rows})
 
 
-def _wal_inspect(ctx: Context) -> bool:
-    """pg_walinspect in the warehouse database, where the server has it (PostgreSQL 15+)."""
-    try:
-        with psycopg.connect(ctx.url, autocommit=True) as conn:
+@contextmanager
+def _wal_kept(ctx: Context) -> Iterator[None]:
+    """pg_walinspect in the warehouse database, and a temporary physical replication slot
+    that keeps the WAL from here on: the server removes old segments at every checkpoint
+    (each CREATE DATABASE on it forces one), often before a stage ends. The slot belongs to
+    this connection's session and goes with it, whatever happens. Without them, a stage's WAL
+    is the whole server's."""
+    with psycopg.connect(ctx.url, autocommit=True) as conn:
+        try:
             conn.execute("create extension if not exists pg_walinspect")
-    except psycopg.Error as error:
-        print(f"  no pg_walinspect ({error}): WAL is the server's, other sessions' included")
-        return False
-    return True
+            conn.execute(
+                "select pg_create_physical_replication_slot(%s, true, true)", (_slot(ctx),)
+            )
+        except psycopg.Error as error:
+            print(f"  WAL is the server's, other sessions' included: {error}".strip())
+        else:
+            ctx.wal_slot = conn
+        try:
+            yield
+        finally:
+            ctx.wal_slot = None
+
+
+def _slot(ctx: Context) -> str:
+    return f"{ctx.database}_wal"
 
 
 def _wal_between(ctx: Context, before: str, after: str) -> tuple[int, bool]:
-    """WAL bytes from ``before`` to ``after``: the records touching this database's relations
-    when pg_walinspect can still read them (the server recycles old segments after a
-    checkpoint), else the whole server's (True: this database's alone)."""
-    with psycopg.connect(ctx.url, autocommit=True) as conn:
-        if ctx.wal_inspect:
-            try:
-                mine = _scalar(
-                    conn,
-                    "select coalesce(sum(record_length), 0) from pg_get_wal_records_info(%s, %s)"
-                    " where block_ref like '%%/' || (select oid from pg_database"
-                    "  where datname = current_database()) || '/%%'",
-                    (before, after),
-                )
-                return int(mine or 0), True
-            except psycopg.Error:
-                pass
-        return int(_scalar(conn, "select pg_wal_lsn_diff(%s, %s)", (after, before)) or 0), False
+    """WAL bytes from ``before`` to ``after``, and whether they are this database's alone:
+    the records touching its relations, read with pg_walinspect, after which the slot lets
+    the server recycle them; else the whole server's."""
+    if ctx.wal_slot is None:
+        with psycopg.connect(ctx.url) as conn:
+            return int(_scalar(conn, "select pg_wal_lsn_diff(%s, %s)", (after, before))), False
+    mine = _scalar(
+        ctx.wal_slot,
+        "select coalesce(sum(record_length), 0) from pg_get_wal_records_info(%s, %s)"
+        " where block_ref like '%%/' || (select oid from pg_database"
+        "  where datname = current_database()) || '/%%'",
+        (before, after),
+    )
+    ctx.wal_slot.execute("select pg_replication_slot_advance(%s, %s)", (_slot(ctx), after))
+    return int(mine), True
 
 
 def _run(ctx: Context, name: str, params: dict[str, str]) -> Stage:
@@ -852,6 +880,7 @@ def _print_plan(night: Night, scale: Scale) -> None:
     night = sum(step.seconds for step in plan.steps)
     one = sum(step.one_process_s for step in plan.steps)
     print(f"{'night':<11}{_hours(one):>12}{'':>49}{_hours(night):>19}")
+    print("what bounds each step: " + "; ".join(f"{n}: {k.why}" for n, k in KINDS.items()))
     _print_partitions(plan, scale)
     _print_throughput(plan.steps, plan.partitions)
     _print_limits(stages, scale, file_bytes, max_file_bytes, plan.unfit)
@@ -902,6 +931,15 @@ def _print_throughput(steps: list[Step], partitions: int) -> None:
             f"{step.rows_written / partitions:,.0f} rows and "
             f"{step.write_bytes / partitions / 1e9:,.2f} GB per transaction in {partitions}"
         )
+    print(
+        "Postgres temporary files (sorts, ingestion's copy of the file): "
+        + ", ".join(
+            f"{step.stage.name} {step.temp_bytes / 1e9:,.1f} GB"
+            for step in steps
+            if step.temp_bytes > 0
+        )
+        + f" at the target on one partition per date; divided by {partitions} for the split steps"
+    )
     ingestion = next(step for step in steps if step.stage.name == "ingestion").stage
     print(
         f"ingestion's temporary table of the file passes temp_buffers (512 MB) and spills to "
