@@ -31,17 +31,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On a pytest-xdist worker (CI runs ``-n 2 --dist loadfile``: each module whole on one
-    worker, its fixtures built once and its tests in order), the modules holding slow tests
-    come first, so the scheduler hands out the longest ones before the quick ones."""
+    worker, its fixtures built once and its tests in order), the end-to-end modules come first,
+    then the others holding slow tests, so the scheduler hands out the longest ones before the
+    quick ones."""
     if not hasattr(config, "workerinput"):  # set on xdist's workers only
         return
     modules: dict[str, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    slow_first = sorted(
-        modules.values(), key=lambda module: not any(i.get_closest_marker("slow") for i in module)
-    )
-    items[:] = [item for module in slow_first for item in module]
+
+    def cost(module: list[pytest.Item]) -> tuple[bool, bool]:
+        """End-to-end modules (minutes each) first, then the other slow ones."""
+        slow = any(item.get_closest_marker("slow") for item in module)
+        return (not slow, "/end_to_end/" not in module[0].nodeid)
+
+    items[:] = [item for module in sorted(modules.values(), key=cost) for item in module]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
