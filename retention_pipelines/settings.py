@@ -387,6 +387,78 @@ class RetentionSettings(BaseSettings):
         description="How long `retention stack up` waits for every service to answer.",
     )
 
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Secret key of the pseudonyms (a keyed HMAC of the customer id) that stand for "
+            "customers outside the warehouse. Required with a database_url; unset on the "
+            "embedded default, one is generated and kept in home_dir/pseudonym.key."
+        ),
+    )
+    keep_raw_days: int = Field(
+        default=90,
+        ge=1,
+        description="Days raw snapshots, quarantined rows and ingestion records are kept.",
+    )
+    keep_features_days: int = Field(
+        default=400, ge=1, description="Days of features.customer_features kept."
+    )
+    keep_scores_days: int = Field(
+        default=400, ge=1, description="Days of nightly scores (ml.churn_risk_scores) kept."
+    )
+    keep_prediction_log_days: int = Field(
+        default=30, ge=1, description="Days of the API's prediction log kept."
+    )
+    keep_crm_outbox_days: int = Field(
+        default=180,
+        ge=1,
+        description="Days of CRM hand-offs (ml.crm_outbox and the CSV files) kept.",
+    )
+    crm_webhook_url: str | None = Field(
+        default=None,
+        description=(
+            "Where the day's retention tasks are POSTed. Unset: they are written as a CSV "
+            "under reports_dir/crm instead."
+        ),
+    )
+    crm_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature of each webhook body (needed with the URL).",
+    )
+    crm_min_rise: float = Field(
+        default=0.15,
+        gt=0,
+        le=1,
+        description=(
+            "A customer whose churn probability rose this much since their previous score "
+            "is handed off (as is one entering the high band)."
+        ),
+    )
+    crm_cooldown_days: int = Field(
+        default=30,
+        ge=0,
+        description="A customer handed off is not handed off again for this many days.",
+    )
+    crm_daily_capacity: int = Field(
+        default=200,
+        ge=1,
+        description="Tasks handed off per day at most, by monthly revenue at risk.",
+    )
+    crm_batch_size: int = Field(default=50, ge=1, description="Tasks per webhook request.")
+    crm_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long one webhook request may take."
+    )
+    crm_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts of a task before it goes to dead_letter.",
+    )
+    crm_max_backoff_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Longest wait between attempts (Retry-After included).",
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:
         if self.risk_medium_threshold >= self.risk_high_threshold:
@@ -412,6 +484,16 @@ class RetentionSettings(BaseSettings):
     @property
     def resolved_reports_dir(self) -> Path:
         return self.home_dir / "reports" if self.reports_dir is None else self.reports_dir
+
+    @property
+    def pseudonym_key_file(self) -> Path:
+        """Where the embedded default keeps the pseudonym key it generated."""
+        return self.home_dir / "pseudonym.key"
+
+    @property
+    def crm_dir(self) -> Path:
+        """Where the day's CRM tasks go as CSV when no webhook is configured."""
+        return self.resolved_reports_dir / "crm"
 
     @property
     def dagster_home(self) -> Path:

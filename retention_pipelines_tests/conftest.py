@@ -27,6 +27,8 @@ _TEST_HOME = Path(tempfile.mkdtemp(prefix="retention-tests-"))
 def pytest_configure(config: pytest.Config) -> None:
     """Keep the tests' embedded server and files out of the project's own ``.retention/``."""
     os.environ.setdefault("RETENTION_HOME_DIR", str(_TEST_HOME))
+    # Pseudonyms are keyed; a server (RETENTION_DATABASE_URL) requires the key to be set.
+    os.environ.setdefault("RETENTION_PSEUDONYM_KEY", "retention-tests-pseudonym-key")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
