@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -458,6 +458,12 @@ class RetentionSettings(BaseSettings):
         ge=0,
         description="Longest wait between attempts (Retry-After included).",
     )
+
+    @field_validator("pseudonym_key", "crm_webhook_url", "crm_webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (``KEY=`` in an env file, compose's ``${KEY:-}``) is no value."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> RetentionSettings:

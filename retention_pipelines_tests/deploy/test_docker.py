@@ -490,7 +490,12 @@ def test_no_service_holds_a_literal_secret(compose: dict[str, Any]) -> None:
 
 def test_the_env_example_names_every_secret_and_holds_none(compose: dict[str, Any]) -> None:
     required = required_variables(compose)
-    assert {"POSTGRES_PASSWORD", "RETENTION_DB_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= required
+    assert {
+        "POSTGRES_PASSWORD",
+        "RETENTION_DB_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "RETENTION_PSEUDONYM_KEY",
+    } <= required
     example = env_example()
     assert required <= set(example), f"docker/.env.example lacks {required - set(example)}"
     for variable in required:
@@ -729,7 +734,16 @@ def test_every_service_of_the_platform_gets_the_settings_it_needs(compose: dict[
             assert not missing, f"{name} runs Dagster without {missing}"
         # A platform process without the URL would start an embedded Postgres of its own.
         if words[0] == "retention" or words[:3] == ["dagster", "api", "grpc"]:
-            assert {"RETENTION_DATABASE_URL", "RETENTION_READER_PASSWORD"} <= set(env), name
+            # ...and one with the URL but no pseudonym key refuses to name customers.
+            needed = {
+                "RETENTION_DATABASE_URL",
+                "RETENTION_READER_PASSWORD",
+                "RETENTION_PSEUDONYM_KEY",
+            }
+            assert needed <= set(env), name
+        # The runs (subprocesses of the code server) hand the night's tasks to the CRM.
+        if words[:3] == ["dagster", "api", "grpc"]:
+            assert {"RETENTION_CRM_WEBHOOK_URL", "RETENTION_CRM_WEBHOOK_SECRET"} <= set(env)
         if words[0] == "mlflow":
             assert "MLFLOW_BACKEND_STORE_URI" in env
 

@@ -62,6 +62,8 @@ PLACEHOLDER_HOST = ".invalid"
 PLACEHOLDER_CIDR = "192.0.2.0/24"
 POSTGRES_CLIENT = "retention.io/postgres-client"
 SECRET_SETTINGS = {"RETENTION_DATABASE_URL", "MLFLOW_BACKEND_STORE_URI"}
+# Secrets that are no database's: they name customers (pseudonyms) and sign CRM hand-offs.
+PERSONAL_DATA_SECRETS = {"RETENTION_PSEUDONYM_KEY", "RETENTION_CRM_WEBHOOK_SECRET"}
 # The pods' one writable folder (HOME, caches, the API's metrics files): an emptyDir.
 SCRATCH = "/tmp"  # noqa: S108  # a path inside the pods, not on this machine
 
@@ -203,9 +205,10 @@ def test_the_probed_routes_exist_in_the_servers() -> None:
 def test_secrets_come_from_secret_references_only(name: str) -> None:
     for workload, container in containers(name):
         for variable in container.get("env", []):
-            if variable["name"] in SECRET_SETTINGS:
+            secret = variable["name"] in SECRET_SETTINGS | PERSONAL_DATA_SECRETS
+            if secret:
                 assert "secretKeyRef" in variable["valueFrom"], f"{workload}: {variable['name']}"
-            assert "value" not in variable or variable["name"] not in SECRET_SETTINGS
+            assert "value" not in variable or not secret
 
 
 # --- network policies ----------------------------------------------------------------------------
@@ -453,6 +456,12 @@ def test_helm_values_use_what_the_prod_overlay_provides() -> None:
         assert section["labels"]["retention.io/dagster"] == "true"
         assert section["labels"][POSTGRES_CLIENT] == "true"
     assert values["runLauncher"]["config"]["k8sRunLauncher"]["labels"] == code["labels"]
+    # The runs hand tasks to the CRM: they get its secrets and may reach it.
+    assert {"name": "retention-personal-data"} in code["envSecrets"]
+    crm_policy = one("prod", "NetworkPolicy", "crm-webhook")["spec"]
+    (crm_label,) = crm_policy["podSelector"]["matchLabels"].items()
+    assert code["labels"][crm_label[0]] == crm_label[1]
+    assert crm_policy["egress"][0]["to"][0]["ipBlock"]["cidr"] != PLACEHOLDER_CIDR
     (claim,) = (v["persistentVolumeClaim"]["claimName"] for v in code["volumes"])
     assert ("PersistentVolumeClaim", claim) in {
         (d["kind"], d["metadata"]["name"]) for d in rendered("prod")
