@@ -1,6 +1,7 @@
 """Training: the labelled training set, the tuned candidates, the registered challenger and
 the promotion gate. ``retrain_job`` selects them all."""
 
+import math
 import os
 import subprocess
 from typing import Any
@@ -10,7 +11,7 @@ import optuna
 from mlflow import MlflowClient
 
 from retention_pipelines.assets import metadata
-from retention_pipelines.core import database, registry
+from retention_pipelines.core import audit, database, registry
 from retention_pipelines.core.features import feature_frame
 from retention_pipelines.core.model_search import TrainingResult, train_churn_model
 from retention_pipelines.core.tracking import log_training_run
@@ -186,8 +187,9 @@ def champion_model(
     registered_churn_model: dict[str, str],
 ) -> dg.MaterializeResult:
     """The promotion gate: challenger and champion scored on the same latest labelled test
-    data; ``champion`` moves only when the challenger is at least as good. The registry's
-    versions are then copied to ``ml.model_versions`` for the dashboard."""
+    data; ``champion`` moves only when the challenger is at least as good. Either way the
+    decision is an entry of ``ops.audit_log`` (promotion or gate refusal, by this run). The
+    registry's versions are then copied to ``ml.model_versions`` for the dashboard."""
     client = mlflow_registry.client
     challenger_version = registered_churn_model["version"]
     challenger = _gate_metrics(client, challenger_version, training_set)
@@ -200,15 +202,13 @@ def champion_model(
         auc_tolerance=training.gate_auc_tolerance,
         brier_tolerance=training.gate_brier_tolerance,
     )
-    if decision.promote:
-        registry.promote(
-            client,
-            challenger_version,
-            reason=decision.reason,
-            actor=f"dagster run {context.run_id}",
-        )
-    client.set_model_version_tag(
-        registry.MODEL_NAME, challenger_version, "gate_decision", decision.reason
+    registry.apply_gate(
+        client,
+        challenger_version,
+        decision,
+        actor=audit.run_actor(context.run_id),
+        audit_url=warehouse.url(),
+        figures=_audit_figures(challenger, champion),
     )
     context.log.info(f"gate: {'promote' if decision.promote else 'keep'}: {decision.reason}")
     synced = sync_model_versions(warehouse.url(), client)
@@ -235,6 +235,19 @@ def _gate_figures(role: str, metrics: registry.GateMetrics) -> dict[str, dg.Meta
     return {
         f"{role}_roc_auc": dg.MetadataValue.float(round(metrics.roc_auc, 4)),
         f"{role}_brier": dg.MetadataValue.float(round(metrics.brier, 4)),
+    }
+
+
+def _audit_figures(
+    challenger: registry.GateMetrics, champion: registry.GateMetrics | None
+) -> dict[str, float | None]:
+    """The compared metrics for the audit entry; a metric that is not finite (which JSON
+    cannot hold) as null."""
+    figures = {"challenger_roc_auc": challenger.roc_auc, "challenger_brier": challenger.brier}
+    if champion is not None:
+        figures |= {"champion_roc_auc": champion.roc_auc, "champion_brier": champion.brier}
+    return {
+        name: round(value, 4) if math.isfinite(value) else None for name, value in figures.items()
     }
 
 

@@ -5,6 +5,9 @@ A key is 32 random bytes, shown once when it is created; the warehouse keeps its
 a short prefix to tell keys apart in listings. A fast hash is right here, unlike for
 passwords: a 256-bit random key cannot be found by guessing, and the API hashes it on every
 request.
+
+Creating and revoking a key are entries of the audit log, written in the transaction that
+writes the key's row: a key never exists, or stops, without its entry.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from retention_pipelines.core import audit
 from retention_pipelines.core.database import connect
 from retention_pipelines.core.warehouse.tables import API_KEYS
 
@@ -75,7 +79,14 @@ def create_key(url: str, name: str, scopes: tuple[str, ...], *, actor: str) -> t
             " values (%s, %s, %s, %s, %s) returning key_id",
             (name, sorted(set(scopes)), raw_key[:_PREFIX_SHOWN], hash_key(raw_key), actor),
         ).fetchone()
-    assert row is not None  # noqa: S101
+        assert row is not None  # noqa: S101
+        audit.record(
+            conn,
+            "api_key_created",
+            name,
+            actor=actor,
+            details={"key_id": int(row[0]), "scopes": sorted(set(scopes))},
+        )
     return raw_key, ApiKey(int(row[0]), name, frozenset(scopes))
 
 
@@ -87,8 +98,9 @@ def revoke_key(url: str, name: str, *, actor: str) -> int:
             " where name = %s and revoked_at is null returning key_id",
             (actor, name),
         ).fetchone()
-    if row is None:
-        raise ApiKeyError(f"no live key is named {name[:64]!r}")
+        if row is None:
+            raise ApiKeyError(f"no live key is named {name[:64]!r}")
+        audit.record(conn, "api_key_revoked", name, actor=actor, details={"key_id": int(row[0])})
     return int(row[0])
 
 

@@ -4,7 +4,8 @@ and how the ``champion`` alias moves.
 Models move by alias, never by "latest": every training registers a version as
 ``churn-model@challenger``; the promotion gate (a pure function, so its rules are tested
 without MLflow) decides whether ``champion`` follows. Each move of ``champion`` is recorded
-with who made it and why, so that a bad promotion can be rolled back by the same route.
+with who made it and why, so that a bad promotion can be rolled back by the same route; given
+the warehouse, each move and each refusal of the gate is also an entry of ``ops.audit_log``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +34,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from retention_pipelines.churn_model.model import ChurnModel
+from retention_pipelines.core import audit
 from retention_pipelines.core.database import (
     connect,
     ensure_database,
@@ -288,36 +292,51 @@ def champion_version(client: MlflowClient) -> str | None:
     return _champion_of(_registered_model(client))
 
 
-def promote(client: MlflowClient, version: str, *, reason: str, actor: str) -> None:
+def promote(
+    client: MlflowClient,
+    version: str,
+    *,
+    reason: str,
+    actor: str,
+    audit_url: str | None = None,
+) -> None:
     """Point ``champion`` at ``version`` and record who did it and why.
 
     Scoring reads the alias, so this is the one step that changes what customers
     are scored with. The history on the registered model is what :func:`rollback` reads.
+    With ``audit_url`` (the warehouse; every path of the platform passes it, tests of the
+    registry alone need not), the move is an entry of the audit log, kept exactly when the
+    move succeeded: see :func:`_audited`.
     """
     client.get_model_version(MODEL_NAME, version)  # a clear error for a version that is absent
     registered = _registered_model(client)
     previous = _champion_of(registered)
-    at = _now()
-    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-    _append_history(
-        client,
-        _history_of(registered),
-        {"action": "promote", "version": version, "previous": previous},
-        reason=reason,
-        actor=actor,
-        at=at,
-    )
-    client.set_model_version_tag(MODEL_NAME, version, "promoted_at", at)
-    client.set_model_version_tag(MODEL_NAME, version, "promotion_reason", reason)
-    client.set_model_version_tag(MODEL_NAME, version, "promoted_by", actor)
+    details = {"model": MODEL_NAME, "version": version, "previous": previous}
+    with _audited(
+        audit_url, "promotion", _subject(version), actor=actor, reason=reason, details=details
+    ):
+        at = _now()
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        _append_history(
+            client,
+            _history_of(registered),
+            {"action": "promote", "version": version, "previous": previous},
+            reason=reason,
+            actor=actor,
+            at=at,
+        )
+        client.set_model_version_tag(MODEL_NAME, version, "promoted_at", at)
+        client.set_model_version_tag(MODEL_NAME, version, "promotion_reason", reason)
+        client.set_model_version_tag(MODEL_NAME, version, "promoted_by", actor)
     logger.info("%s@%s: %s -> %s (%s)", MODEL_NAME, CHAMPION, previous, version, reason)
 
 
-def rollback(client: MlflowClient, *, reason: str, actor: str) -> str:
+def rollback(client: MlflowClient, *, reason: str, actor: str, audit_url: str | None = None) -> str:
     """Point ``champion`` back at the version that held it before the current one; return it.
 
     Rollbacks undo promotions in order, like an undo stack: after v1 → v2 → v3, a rollback
     goes to v2 and a second one to v1. The history on the registered model is the stack.
+    With ``audit_url``, the rollback is an entry of the audit log (as for :func:`promote`).
     """
     registered = _registered_model(client)
     current = _champion_of(registered)
@@ -331,20 +350,84 @@ def rollback(client: MlflowClient, *, reason: str, actor: str) -> str:
             "recorded: there is nothing to roll back to"
         )
     target = chain[-2]
-    at = _now()
-    client.set_registered_model_alias(MODEL_NAME, CHAMPION, target)
-    _append_history(
-        client,
-        history,
-        {"action": "rollback", "version": target, "previous": current},
-        reason=reason,
-        actor=actor,
-        at=at,
-    )
-    client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", at)
-    client.set_model_version_tag(MODEL_NAME, current, "rollback_reason", reason)
+    details = {"model": MODEL_NAME, "version": target, "previous": current}
+    with _audited(
+        audit_url, "rollback", _subject(target), actor=actor, reason=reason, details=details
+    ):
+        at = _now()
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, target)
+        _append_history(
+            client,
+            history,
+            {"action": "rollback", "version": target, "previous": current},
+            reason=reason,
+            actor=actor,
+            at=at,
+        )
+        client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", at)
+        client.set_model_version_tag(MODEL_NAME, current, "rollback_reason", reason)
     logger.info("%s@%s rolled back: %s -> %s (%s)", MODEL_NAME, CHAMPION, current, target, reason)
     return target
+
+
+def apply_gate(
+    client: MlflowClient,
+    challenger_version: str,
+    decision: PromotionDecision,
+    *,
+    actor: str,
+    audit_url: str | None,
+    figures: Mapping[str, float | None] | None = None,
+) -> None:
+    """Carry out the gate's ``decision`` on ``challenger_version``: promote it, or record
+    the refusal in the audit log; either way the version keeps the gate's reason as its
+    ``gate_decision`` tag. ``figures`` (the metrics compared) go with the audit entry."""
+    if decision.promote:
+        promote(
+            client, challenger_version, reason=decision.reason, actor=actor, audit_url=audit_url
+        )
+    elif audit_url is not None:
+        audit.record_now(
+            audit_url,
+            "gate_refusal",
+            _subject(challenger_version),
+            actor=actor,
+            reason=decision.reason,
+            details={
+                "model": MODEL_NAME,
+                "version": challenger_version,
+                "champion": champion_version(client),
+                **(figures or {}),
+            },
+        )
+    client.set_model_version_tag(MODEL_NAME, challenger_version, "gate_decision", decision.reason)
+
+
+@contextmanager
+def _audited(
+    url: str | None,
+    kind: audit.AuditKind,
+    subject: str,
+    *,
+    actor: str,
+    reason: str,
+    details: Mapping[str, object],
+) -> Iterator[None]:
+    """Run the block (a move of the alias in MLflow) inside a warehouse transaction holding
+    its audit entry: a move that fails rolls the entry back, and the entry is committed the
+    moment the move is done. MLflow and the warehouse share no transaction, so the one gap
+    left is a commit failing after the move, which the caller sees as an error."""
+    if url is None:
+        yield
+        return
+    with connect(url) as conn:
+        audit.record(conn, kind, subject, actor=actor, reason=reason, details=details)
+        yield
+
+
+def _subject(version: str) -> str:
+    """How the audit log names a version: ``churn-model v3``."""
+    return f"{MODEL_NAME} v{version}"
 
 
 def champion_history(client: MlflowClient) -> list[dict[str, Any]]:
