@@ -17,7 +17,7 @@ from retention_pipelines.core.warehouse.raw import (
     IngestionSummary,
     PartitionCounts,
     partition_counts,
-    preview_partition,
+    partition_profile,
     replace_snapshot_partition,
 )
 from retention_pipelines.resources import LandingResource, WarehouseResource
@@ -85,7 +85,7 @@ def raw_customer_snapshot(
         f" ({summary.blank_lines:,} blank lines skipped)"
     )
     return dg.MaterializeResult(
-        metadata=_metadata(summary, str(path), preview_partition(url, snapshot_date)),
+        metadata=_metadata(summary, str(path), partition_profile(url, snapshot_date)),
         check_results=[
             _reconcile_result(partition_counts(url, snapshot_date), facts.data_lines),
             _reject_share_result(summary, landing.max_reject_share),
@@ -102,7 +102,9 @@ def _observe_rows(context: dg.AssetExecutionContext, file_name: str, rows: int) 
     )
 
 
-def _metadata(summary: IngestionSummary, path: str, preview: pd.DataFrame) -> dict[str, object]:
+def _metadata(summary: IngestionSummary, path: str, profile: pd.DataFrame) -> dict[str, object]:
+    """Counts, reject reasons and the values' spread: never a row, which would copy a
+    customer's attributes out of the warehouse into Dagster's storage."""
     reasons = pd.DataFrame(list(summary.reject_reasons.items()), columns=["reason", "rows"])
     return {
         "dagster/row_count": summary.rows_valid,
@@ -114,7 +116,7 @@ def _metadata(summary: IngestionSummary, path: str, preview: pd.DataFrame) -> di
         "blank_lines": summary.blank_lines,
         "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
         "reject_reasons": metadata.table(reasons),
-        "preview": metadata.table(preview),
+        "values": metadata.table(profile),
     }
 
 

@@ -8,6 +8,7 @@ from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
 from retention_pipelines.assets.retries import database_retry_policy, retried_only_when_transient
 from retention_pipelines.core import registry
+from retention_pipelines.core.pseudonyms import pseudonym_key
 from retention_pipelines.core.scoring import (
     SCORE_CHECKS,
     ModelRef,
@@ -18,6 +19,7 @@ from retention_pipelines.core.scoring import (
 )
 from retention_pipelines.core.warehouse.features import count_features
 from retention_pipelines.resources import MlflowResource, ScoringResource, WarehouseResource
+from retention_pipelines.settings import get_settings
 
 GROUP = "scoring"
 ASSET = "churn_risk_scores"
@@ -46,9 +48,12 @@ def churn_risk_scores(
     scoring: ScoringResource,
 ) -> dg.MaterializeResult:
     """``ml.churn_risk_scores`` for the partition's date: calibrated churn probability, risk
-    band and the three strongest reasons per customer, replaced in one transaction."""
+    band and the three strongest reasons per customer, replaced in one transaction. The
+    metadata names the highest-risk customers by pseudonym (``retention lookup`` maps one
+    back), never by id."""
     day = date.fromisoformat(context.partition_key)
     url = warehouse.url()
+    key = pseudonym_key(get_settings())  # before any work: a missing key fails the run here
     total = count_features(url, day)
     if total == 0:
         raise dg.Failure(
@@ -72,7 +77,7 @@ def churn_risk_scores(
         context.log.info(f"{outcome.reused:,} unchanged customers kept their earlier score")
     return dg.MaterializeResult(
         metadata={
-            **_metadata(version, summarize_scores(url, day)),
+            **_metadata(version, summarize_scores(url, day, key=key)),
             "customers_rescored": outcome.rows - outcome.reused,
             "customers_carried_over": outcome.reused,
         },

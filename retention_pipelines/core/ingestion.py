@@ -297,7 +297,8 @@ def _check_decompressed_size(path: Path, raw: BinaryIO, max_bytes: int) -> None:
 
 def check_header(path: Path, line: str, fmt: LandingFormat) -> list[str]:
     """The header's Telco column names, in file order; a header that does not name each
-    Telco column once (in any case and spacing) refuses the file, saying why briefly."""
+    Telco column once (in any case and spacing) refuses the file, saying why briefly (and
+    without quoting a first line that names no column at all: that is a customer's row)."""
     if not line.strip():
         raise LandingFileError(path, "no header", "the first line is blank")
     try:
@@ -308,6 +309,15 @@ def check_header(path: Path, line: str, fmt: LandingFormat) -> list[str]:
     missing = [column for column in TELCO_COLUMNS if column not in canonical]
     if missing:
         _refuse_other_delimiter(path, line, fmt)
+    if all(found is None for found in canonical):
+        # A data row where the header should be: its fields are a customer's id and
+        # attributes, and the message goes to logs and terminals. Say what, not which.
+        raise LandingFileError(
+            path,
+            "header does not match the Telco columns",
+            f"none of the first line's {len(names):,} fields names a Telco column: the file "
+            "seems to have no header (its first line must name the columns)",
+        )
     unexpected = [name for name, found in zip(names, canonical, strict=True) if found is None]
     repeated = sorted({c for c in canonical if c is not None and canonical.count(c) > 1})
     if missing or unexpected or repeated:

@@ -93,8 +93,9 @@ def display_all(customer_ids: Iterable[str], key: bytes) -> list[str]:
 
 def lookup(url: str, shown: str, key: bytes) -> list[str]:
     """The customer ids in the warehouse whose pseudonym starts with ``shown`` (a display
-    pseudonym or a full one): usually one, several only when a short one is shared."""
-    prefix = shown.strip().lower()
+    pseudonym or a full one, with or without the ``~`` that marks one in a logged path):
+    usually one, several only when a short one is shared."""
+    prefix = shown.strip().removeprefix("~").lower()
     if len(prefix) < DISPLAY_CHARS or any(char not in "0123456789abcdef" for char in prefix):
         raise ValueError(
             f"{shown!r} is not a pseudonym: {DISPLAY_CHARS} to 64 hexadecimal characters"

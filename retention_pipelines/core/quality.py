@@ -58,8 +58,29 @@ CHECKED_COLUMNS: Final[tuple[str, ...]] = (
 TENURE_BANDS: Final[tuple[str, ...]] = ("0-6", "7-12", "13-24", "25-48", "49+")
 CONTRACT_MONTHS: Final[dict[str, int]] = {"Month-to-month": 1, "One year": 12, "Two year": 24}
 MAX_ADD_ONS: Final = 6
-# How many offending values a result keeps (the Data Docs show more).
-EXAMPLES_KEPT: Final = 5
+# What a result keeps of the rows that broke an expectation: their count and share, never
+# their values. An unexpected value of ``customer_id`` is a customer's id, and of any other
+# column a customer's attribute; the results and the Data Docs are files and metadata outside
+# the warehouse. The Data Docs still show each expectation, its rule (the range, the set, the
+# row condition) and how many rows broke it; the rows themselves are found in the warehouse
+# with the same rule.
+RESULT_FORMAT: Final[dict[str, object]] = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": 0,
+    "include_unexpected_rows": False,
+}
+_VALUE_KEYS: Final = frozenset(
+    {
+        "partial_unexpected_list",
+        "partial_unexpected_counts",
+        "partial_unexpected_index_list",
+        "unexpected_list",
+        "unexpected_index_list",
+        "unexpected_index_query",
+        "unexpected_rows",
+        "details",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -272,9 +293,19 @@ def _validate(
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{SUITE_NAME} {snapshot_date}", data=batch, suite=suite)
     )
-    result = validation.run(batch_parameters={"dataframe": features}, result_format="SUMMARY")
+    result = validation.run(batch_parameters={"dataframe": features}, result_format=RESULT_FORMAT)
+    _drop_values(result)
     context.build_data_docs()
     return result
+
+
+def _drop_values(result: ExpectationSuiteValidationResult) -> None:
+    """Remove whatever values of rows a result still holds, before the Data Docs render it:
+    the result format asks for none, and this keeps it so whatever an expectation returns."""
+    for item in result.results:
+        if item.result:
+            for key in _VALUE_KEYS & set(item.result):
+                del item.result[key]
 
 
 def _great_expectations() -> Any:
@@ -361,8 +392,9 @@ def _condition_text(condition: Any) -> str | None:
 
 
 def _observed(item: ExpectationValidationResult) -> Any:
-    """What the expectation saw: its observed value, or how many values broke it and a few
-    of them; the error when it could not be evaluated."""
+    """What the expectation saw: its observed value (a table's row count, say), or how many
+    rows broke it and their share, never their values; the error when it could not be
+    evaluated."""
     errors = _errors(item.exception_info or {})
     if errors:
         return {"error": "; ".join(errors)}
@@ -372,9 +404,6 @@ def _observed(item: ExpectationValidationResult) -> Any:
     return {
         "unexpected_count": _json_safe(result.get("unexpected_count")),
         "unexpected_percent": _json_safe(result.get("unexpected_percent")),
-        "unexpected_examples": _json_safe(
-            list(result.get("partial_unexpected_list") or [])[:EXAMPLES_KEPT]
-        ),
     }
 
 
@@ -410,10 +439,7 @@ def describe_observed(observed: Any) -> str:
     if isinstance(observed, dict) and "unexpected_count" in observed:
         percent = observed.get("unexpected_percent")
         share = f" ({percent:.2f}%)" if isinstance(percent, int | float) else ""
-        examples = ", ".join(map(str, observed.get("unexpected_examples") or []))
-        return f"{observed['unexpected_count']} unexpected{share}" + (
-            f", e.g. {examples}" if examples else ""
-        )
+        return f"{observed['unexpected_count']} unexpected{share}"
     if isinstance(observed, dict) and "error" in observed:
         return f"error: {observed['error']}"
     return str(observed)

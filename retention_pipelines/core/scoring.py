@@ -24,6 +24,7 @@ from retention_pipelines.churn_model.model import ChurnModel, Scored
 from retention_pipelines.core.database import connect
 from retention_pipelines.core.explain import describe
 from retention_pipelines.core.features import feature_frame
+from retention_pipelines.core.pseudonyms import display_all
 from retention_pipelines.core.warehouse import features as feature_table
 from retention_pipelines.core.warehouse import scores as score_table
 from retention_pipelines.core.warehouse.scores import REASONS, SCORE_COLUMNS, WrittenScores
@@ -275,7 +276,7 @@ class ScoreSummary:
     mean_probability: float
     histogram: pd.DataFrame  # churn probability (a tenth), customers, bar
     top_reasons: pd.DataFrame  # first reason, customers
-    highest_risk: pd.DataFrame  # the preview rows
+    highest_risk: pd.DataFrame  # the preview rows: pseudonym, probability, band, reasons
 
     def bands(self) -> pd.DataFrame:
         """Customers and their share per band, high first."""
@@ -290,10 +291,15 @@ class ScoreSummary:
 
 
 def summarize_scores(
-    url: str, snapshot_date: date, preview_rows: int = PREVIEW_ROWS
+    url: str, snapshot_date: date, *, key: bytes, preview_rows: int = PREVIEW_ROWS
 ) -> ScoreSummary:
     """Counts, bands, the probability histogram (tenths), the most common first reasons and
-    the highest-risk customers of the date."""
+    the highest-risk customers of the date.
+
+    The summary is shown outside the warehouse (the asset's metadata), so the highest-risk
+    customers are named by their pseudonym under ``key``: ``retention lookup`` maps one back
+    for a person with warehouse access.
+    """
     with connect(url) as conn:
         bands = score_table.band_counts(conn, snapshot_date)
         mean = score_table.mean_probability(conn, snapshot_date)
@@ -306,8 +312,15 @@ def summarize_scores(
         mean_probability=mean,
         histogram=histogram(tenths),
         top_reasons=reasons,
-        highest_risk=preview,
+        highest_risk=pseudonymous(preview, key),
     )
+
+
+def pseudonymous(rows: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    """``rows`` with their ``customer_id`` column replaced by a first column ``pseudonym``."""
+    named = rows.drop(columns="customer_id")
+    named.insert(0, "pseudonym", display_all(rows["customer_id"].astype(str), key))
+    return named
 
 
 def histogram(tenths: dict[int, int], width: int = 30) -> pd.DataFrame:

@@ -1,5 +1,10 @@
 """What a training run leaves in MLflow: parameters, metrics on the test split, the model
-with its signature and an input example, and the artefacts a person judges it by."""
+with its signature and an input example, and the artefacts a person judges it by.
+
+Nothing of it is a customer's: MLflow's artefacts live outside the warehouse, so the input
+example is made up (:data:`EXAMPLE_CUSTOMERS`), and the plots, tables and model card hold
+aggregates only.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Final
 
 import matplotlib
 
@@ -20,9 +26,47 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
 from retention_pipelines.churn_model import pyfunc
-from retention_pipelines.core.features import FEATURE_COLUMNS, INTEGER_FEATURES, feature_frame
+from retention_pipelines.core.features import (
+    FEATURE_COLUMNS,
+    INTEGER_FEATURES,
+    customer_features,
+    feature_frame,
+)
 from retention_pipelines.core.model_search import TrainingResult
 from retention_pipelines.core.training import TrainingSplit, labels_of
+
+# Two made-up customers in the raw table's shape, no one's attributes: a new month-to-month
+# fibre customer paying by electronic check and a long-standing two-year DSL one. Their
+# features are the logged model's input example (what MLflow shows and serving tools send).
+EXAMPLE_CUSTOMERS: Final[dict[str, list[object]]] = {
+    "customer_id": ["example-1", "example-2"],
+    "gender": ["Female", "Male"],
+    "senior_citizen": [0, 1],
+    "partner": ["No", "Yes"],
+    "dependents": ["No", "Yes"],
+    "tenure": [2, 60],
+    "phone_service": ["Yes", "Yes"],
+    "multiple_lines": ["No", "Yes"],
+    "internet_service": ["Fiber optic", "DSL"],
+    "online_security": ["No", "Yes"],
+    "online_backup": ["No", "Yes"],
+    "device_protection": ["No", "Yes"],
+    "tech_support": ["No", "Yes"],
+    "streaming_tv": ["Yes", "No"],
+    "streaming_movies": ["No", "No"],
+    "contract": ["Month-to-month", "Two year"],
+    "paperless_billing": ["Yes", "No"],
+    "payment_method": ["Electronic check", "Bank transfer (automatic)"],
+    "monthly_charges": [80.5, 65.0],
+    "total_charges": [161.0, 3900.0],
+}
+
+
+def example_features() -> pd.DataFrame:
+    """The made-up customers' features as the model takes them (integers as the table types
+    them): computed by the same code as a live prediction's, so they meet the contract."""
+    features = customer_features(pd.DataFrame(EXAMPLE_CUSTOMERS))
+    return features.drop(columns="customer_id")
 
 
 @dataclass(frozen=True)
@@ -53,7 +97,7 @@ def log_training_run(
             result.model,
             name="model",
             signature=pyfunc.signature(result.model, INTEGER_FEATURES),
-            input_example=feature_frame(split.test.head(5), keep_integers=True),
+            input_example=example_features(),
             pip_requirements=_requirements(),
         )
     return LoggedRun(run_id=run.info.run_id, model_uri=info.model_uri)

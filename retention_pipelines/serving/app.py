@@ -23,8 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from retention_pipelines.core import database
+from retention_pipelines.core.pseudonyms import pseudonym_key
 from retention_pipelines.core.registry import mlflow_tracking_uri
 from retention_pipelines.core.scoring import RiskBands
+from retention_pipelines.serving import access_log
 from retention_pipelines.serving.keys import KeyCache
 from retention_pipelines.serving.metrics import create_metrics
 from retention_pipelines.serving.middleware import ApiMiddleware
@@ -53,8 +55,10 @@ _FAVICON: Final = "https://fastapi.tiangolo.com"
 
 
 def create_app(settings: RetentionSettings | None = None) -> FastAPI:
-    """The API for ``settings`` (default: the environment's)."""
+    """The API for ``settings`` (default: the environment's). uvicorn's access log names
+    customers by pseudonym (see :mod:`retention_pipelines.serving.access_log`)."""
     settings = settings or get_settings()
+    access_log.install(pseudonym_key(settings))
     metrics = create_metrics()
     docs_html = get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
     app = FastAPI(

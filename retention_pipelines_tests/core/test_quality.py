@@ -149,7 +149,7 @@ def test_a_corrupted_day_fails_naming_the_broken_expectations(
     nulls, lengths = sorted(report.failures, key=lambda item: item.expectation, reverse=True)
     assert nulls.observed["unexpected_count"] == BROKEN_CHARGES
     assert lengths.observed["unexpected_count"] == BROKEN_CONTRACTS
-    assert lengths.observed["unexpected_examples"][0] == 12
+    assert set(lengths.observed) == {"unexpected_count", "unexpected_percent"}  # no values
     table = report.failures_frame().set_index(["expectation", "column"])
     assert table.loc[("expect_column_values_to_not_be_null", "monthly_charges"), "rows"] == "all"
     lengths_row = table.loc[("expect_column_values_to_be_in_set", "contract_length_months")]

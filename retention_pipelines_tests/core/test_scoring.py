@@ -13,6 +13,7 @@ import pytest
 from retention_pipelines.core import scoring
 from retention_pipelines.core import training as tr
 from retention_pipelines.core.features import feature_frame
+from retention_pipelines.core.pseudonyms import display_all
 from retention_pipelines.core.warehouse.scores import find_carryover
 from retention_pipelines_tests.churn_models import blended_xgboost
 from retention_pipelines_tests.helpers import TELCO_DAY
@@ -22,6 +23,7 @@ DAY = date.fromisoformat(TELCO_DAY)
 SEED = 5
 BANDS = scoring.RiskBands(high=0.5, medium=0.25)
 SCORED_AT = datetime(2026, 1, 16, 2, 0, tzinfo=UTC)
+PSEUDONYM_KEY = b"test-scoring-pseudonym-key"
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +172,18 @@ def test_concurrent_runs_of_one_date_take_turns_and_leave_no_duplicates(
 
 
 def test_the_summary_counts_what_was_written(scored: pd.DataFrame, telco_warehouse: str) -> None:
-    summary = scoring.summarize_scores(telco_warehouse, DAY)
+    summary = scoring.summarize_scores(telco_warehouse, DAY, key=PSEUDONYM_KEY)
     assert summary.rows == 5_634
     assert summary.band_counts == scored["risk_band"].value_counts().to_dict()
     assert summary.histogram["customers"].sum() == 5_634
     assert summary.mean_probability == pytest.approx(scored["churn_probability"].mean())
-    assert list(summary.highest_risk["customer_id"]) == list(
-        scored.sort_values(["churn_probability", "customer_id"], ascending=[False, True])[
-            "customer_id"
-        ].head(10)
+    highest = scored.sort_values(["churn_probability", "customer_id"], ascending=[False, True])
+    assert list(summary.highest_risk.columns) == [
+        "pseudonym", "churn_probability", "risk_band", "top_reason_1", "top_reason_2",
+        "top_reason_3",
+    ]  # fmt: skip
+    assert list(summary.highest_risk["pseudonym"]) == display_all(
+        highest["customer_id"].head(10), PSEUDONYM_KEY
     )
 
 

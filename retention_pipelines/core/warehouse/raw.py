@@ -13,9 +13,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Final
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 from retention_pipelines.core.database import connect
 from retention_pipelines.core.ingestion import (
@@ -314,13 +316,50 @@ def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
         )
 
 
-def preview_partition(url: str, snapshot_date: date, limit: int = 5) -> pd.DataFrame:
-    """The first valid rows of a partition, in file order, for the asset's metadata."""
-    columns = ["customer_id", "tenure", "contract", "internet_service", "monthly_charges", "churn"]
+# The columns whose values a partition's profile counts: what tells at a glance that a file
+# was read right (each in its place, a plausible mix) and whether it brings churn labels.
+PROFILE_COLUMNS: Final[tuple[str, ...]] = (
+    "contract",
+    "internet_service",
+    "payment_method",
+    "churn",
+)
+UNLABELLED: Final = "(not known yet)"
+
+
+def partition_profile(url: str, snapshot_date: date) -> pd.DataFrame:
+    """How a partition's valid rows spread over the values of :data:`PROFILE_COLUMNS`:
+    ``column``, ``value``, ``rows`` and their ``share``, in one pass over the partition.
+
+    This, not a sample of rows, is what the asset's metadata shows: a row is a customer's
+    personal attributes, and the metadata lives outside the warehouse.
+    """
+    columns = [sql.Identifier(column) for column in PROFILE_COLUMNS]
+    which = sql.SQL(" ").join(
+        sql.SQL("when grouping({}) = 0 then {}").format(column, sql.Literal(name))
+        for column, name in zip(columns, PROFILE_COLUMNS, strict=True)
+    )
+    value = sql.SQL(" ").join(
+        sql.SQL("when grouping({0}) = 0 then {0}").format(column) for column in columns
+    )
+    query = sql.SQL(
+        'select case {which} end as "column",'
+        ' coalesce(case {value} end, {unlabelled}) as "value", count(*) as "rows"'
+        " from {table} where snapshot_date = %s"
+        " group by grouping sets ({sets}) order by 3 desc, 2"
+    ).format(
+        which=which,
+        value=value,
+        unlabelled=sql.Literal(UNLABELLED),
+        table=sql.Identifier(*RAW_SNAPSHOTS.split(".")),
+        sets=sql.SQL(", ").join(sql.SQL("({})").format(column) for column in columns),
+    )
     with connect(url) as conn:
-        return query_frame(
-            conn,
-            f"select {', '.join(columns)} from {RAW_SNAPSHOTS} where snapshot_date = %s"
-            " order by source_row_number limit %s",
-            (snapshot_date, limit),
-        )
+        profile = query_frame(conn, query, (snapshot_date,))
+    order = {name: position for position, name in enumerate(PROFILE_COLUMNS)}
+    profile = profile.sort_values(
+        "column", key=lambda names: names.map(order), kind="stable", ignore_index=True
+    )
+    totals = profile.groupby("column")["rows"].transform("sum")
+    profile["share"] = (profile["rows"] / totals).round(4)
+    return profile
