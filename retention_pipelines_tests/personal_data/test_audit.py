@@ -98,6 +98,7 @@ def _gate(url: str, mlflow_uri: str, artifacts: Path, version: str) -> dg.Execut
     )
 
 
+@pytest.mark.slow  # two Dagster runs loading two MLflow models, ~5 s
 def test_the_gate_records_its_promotion_and_its_refusal_by_the_run(
     module_database_url: str,
     mlflow_uri: str,
