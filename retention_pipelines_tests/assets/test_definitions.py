@@ -128,6 +128,22 @@ def test_the_call_list_never_waits_for_monitoring_and_model_health_does(
     assert features.retention_dbt_model_health.keys <= nightly
 
 
+def test_the_retention_purge_runs_alone_every_day_and_never_in_the_night(
+    defs: dg.Definitions,
+) -> None:
+    """A purge waits for the writers of the dates it deletes: it has a job and a schedule of
+    its own, after the nightly run, and no night waits for it."""
+    purge = dg.AssetKey("data_retention_purge")
+    job = defs.resolve_job_def("data_retention_job")
+    assert job.asset_layer.executable_asset_keys == {purge}
+    schedule = defs.resolve_schedule_def("data_retention_schedule")
+    assert (schedule.job_name, schedule.cron_schedule) == ("data_retention_job", "0 5 * * *")
+    assert schedule.execution_timezone == get_settings().timezone
+    nightly = defs.resolve_job_def("nightly_scoring_job").asset_layer.executable_asset_keys
+    assert purge not in nightly
+    assert defs.resolve_asset_graph().get(purge).group_name == "governance"
+
+
 def test_dbt_tests_appear_as_checks_of_their_models(defs: dg.Definitions) -> None:
     checks = {key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
     assert (
@@ -160,7 +176,9 @@ def test_importing_and_loading_the_code_location_touches_no_database_and_writes_
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "daily_snapshot_job,nightly_scoring_job,retrain_job"
+    assert completed.stdout.strip() == (
+        "daily_snapshot_job,data_retention_job,nightly_scoring_job,retrain_job"
+    )
     assert not any(tmp_path.iterdir())  # no embedded server started, no file written
 
 

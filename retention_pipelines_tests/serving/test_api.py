@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
 from retention_pipelines import cli
-from retention_pipelines.core import api_keys, registry
+from retention_pipelines.core import api_keys, audit, registry
 from retention_pipelines.core.explain import feature_of
 from retention_pipelines_tests.churn_models import constant_churn_model
 from retention_pipelines_tests.serving import api
@@ -596,6 +596,12 @@ def test_the_cli_prints_a_new_key_once_lists_keys_without_them_and_revokes_one(
     assert raw_key not in every.output
     again = runner.invoke(cli.app, ["api-key", "revoke", name], env=wide)
     assert again.exit_code == 1 and "no live key" in again.output
+    # The audit log has the creation and the revocation, by this user, and not the refusal.
+    logged = [(e.kind, e.actor) for e in audit.entries(platform.url) if e.subject == name]
+    assert logged == [
+        ("api_key_created", audit.cli_actor()),
+        ("api_key_revoked", audit.cli_actor()),
+    ]
 
 
 # --- following the registry -------------------------------------------------------------------
