@@ -231,6 +231,24 @@ def test_a_champion_moved_by_hand_outside_the_registry_module_rolls_back_to_the_
     assert registry.rollback(client, reason="and back", actor="pytest") == "2"
 
 
+def test_applying_the_gate_tags_the_challenger_and_moves_champion_only_to_promote(
+    client: MlflowClient, versions: list[str]
+) -> None:
+    """Without a warehouse (``audit_url=None``) nothing is recorded but the registry's own
+    history; the audit log's side is tested in ``personal_data/test_audit.py``."""
+    before = registry.champion_version(client)
+    refused = registry.PromotionDecision(False, "Brier too high")
+    registry.apply_gate(client, "3", refused, actor="pytest", audit_url=None)
+    assert registry.champion_version(client) == before == "2"
+    assert client.get_model_version(registry.MODEL_NAME, "3").tags["gate_decision"] == (
+        "Brier too high"
+    )
+    promoted = registry.PromotionDecision(True, "at least as good")
+    registry.apply_gate(client, "3", promoted, actor="pytest", audit_url=None)
+    assert registry.champion_version(client) == "3"
+    assert registry.champion_history(client)[-1]["reason"] == "at least as good"
+
+
 # --- the gate (pure) -----------------------------------------------------------------------
 
 CHAMPION = GateMetrics(roc_auc=0.8433, brier=0.1350)
