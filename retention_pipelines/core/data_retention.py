@@ -189,10 +189,6 @@ class TablePlan:
     purge: dict[date, int]
     kept: dict[date, int]
 
-    @property
-    def rows(self) -> int:
-        return sum(self.purge.values())
-
 
 @dataclass(frozen=True)
 class PurgePlan:
