@@ -63,6 +63,9 @@ SIGNATURE_TOLERANCE_S: Final = 300
 FIRST_BACKOFF_S: Final = 1.0
 PREVIEW_ROWS: Final = 10
 _BODY_CHARS: Final = 500
+# Answers that speak of the receiver, not of the request: retried, and when retries are spent
+# the dispatch stops with the tasks still pending (a 500 may be one task's fault: split).
+_UNAVAILABLE: Final = frozenset({httpx.codes.TOO_MANY_REQUESTS, httpx.codes.SERVICE_UNAVAILABLE})
 CSV_COLUMNS: Final[tuple[str, ...]] = (
     "priority",
     "idempotency_key",
@@ -88,9 +91,10 @@ class NoScoresError(RuntimeError):
     """The date has no scores to select tasks from."""
 
 
-class ReceiverUnreachableError(RuntimeError):
-    """No connection to the webhook could be made through every attempt: no task is at
-    fault, so the rest stay pending for the next dispatch instead of being dead-lettered."""
+class ReceiverUnavailableError(RuntimeError):
+    """Through every attempt, the webhook could not be reached or said it is unavailable
+    (503, 429): no task is at fault, so the rest stay pending for the next dispatch instead of
+    being dead-lettered."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ class Handoff:
     snapshot_date: date
     sent: int
     dead_letter: int
-    pending: int  # left pending: the receiver could not be reached
+    pending: int  # left pending: the receiver was unavailable
     destination: str
     stopped: str | None = None  # why the dispatch stopped before the date's last task
 
@@ -276,11 +280,11 @@ class _Retryable(Exception):  # noqa: N818  # a request outcome, handled inside 
     """A request that may succeed later: a timeout, a lost connection, 429 or 5xx."""
 
     def __init__(
-        self, reason: str, *, retry_after: float | None = None, unreachable: bool = False
+        self, reason: str, *, retry_after: float | None = None, unavailable: bool = False
     ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-        self.unreachable = unreachable
+        self.unavailable = unavailable  # the receiver's state, not the tasks' fault
 
 
 class _FailedForGood(Exception):  # noqa: N818
@@ -299,6 +303,8 @@ def dispatch(
     first): to the webhook, or to the date's CSV file without one. One dispatcher runs at a
     time; another waits for it. ``requeue_dead_letters``: the date's dead-lettered tasks are
     sent again first (after the receiver was fixed)."""
+    if requeue_dead_letters and snapshot_date is None:
+        raise ValueError("dead letters are requeued for one date: give snapshot_date")
     with outbox.dispatch_session(url) as conn:
         if requeue_dead_letters and snapshot_date is not None:
             outbox.requeue_dead_letters(conn, snapshot_date)
@@ -354,7 +360,7 @@ class _Delivery:
             after = (tasks[-1].priority, tasks[-1].customer_id)
             try:
                 self._deliver(tasks)
-            except ReceiverUnreachableError as error:
+            except ReceiverUnavailableError as error:
                 stopped = str(error)
                 logger.warning("%s: %s; the rest stay pending", snapshot_date, stopped)
                 break
@@ -406,9 +412,9 @@ class _Delivery:
         try:
             retrying(self._post, keys, body, outbox.batch_key(keys))
         except _Retryable as failure:
-            if failure.unreachable:
-                raise ReceiverUnreachableError(
-                    f"{self.webhook.destination} could not be reached: {failure}"
+            if failure.unavailable:
+                raise ReceiverUnavailableError(
+                    f"{self.webhook.destination} is unavailable: {failure}"
                 ) from failure
             raise _FailedForGood(str(failure)) from failure
 
@@ -425,7 +431,7 @@ class _Delivery:
             response = self.http.post(self.webhook.url, content=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             self._record(keys, None, f"cannot connect: {error}")
-            raise _Retryable(f"cannot connect ({error})", unreachable=True) from error
+            raise _Retryable(f"cannot connect ({error})", unavailable=True) from error
         except httpx.TimeoutException as error:
             reason = f"no answer within {self.webhook.timeout_s:g} s ({type(error).__name__})"
             self._record(keys, None, reason)
@@ -441,8 +447,11 @@ class _Delivery:
         reason = f"HTTP {status}: {response.text[:_BODY_CHARS]}"
         self._record(keys, status, reason)
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"), _now())
-            raise _Retryable(reason, retry_after=retry_after)
+            raise _Retryable(
+                reason,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After"), _now()),
+                unavailable=status in _UNAVAILABLE,
+            )
         raise _FailedForGood(reason)
 
     def _record(self, keys: list[str], status_code: int | None, error: str | None) -> None:

@@ -5,6 +5,7 @@ nothing twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -149,23 +150,29 @@ def test_dead_letters_can_be_sent_again_once_the_receiver_is_fixed(
     assert {row["status"] for row in outbox(database_url).values()} == {"sent"}
 
 
-def test_an_unreachable_receiver_leaves_the_tasks_pending_instead_of_dead_lettering_them(
-    database_url: str, tmp_path: Path
+@pytest.mark.parametrize("receiver_state", ["unreachable", "always 503"])
+def test_an_unavailable_receiver_leaves_the_tasks_pending_instead_of_dead_lettering_them(
+    database_url: str, tmp_path: Path, receiver_state: str
 ) -> None:
     add_tasks(database_url, DAY, ["C-01", "C-02", "C-03"])
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    [handoff] = crm.dispatch(
-        database_url,
-        config(f"http://127.0.0.1:{port}/hook", tmp_path, batch_size=2),
-        actor="pytest",
-    )
+    with contextlib.ExitStack() as stack:
+        if receiver_state == "unreachable":
+            with socket.socket() as probe:  # a port nobody listens on
+                probe.bind(("127.0.0.1", 0))
+                webhook = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+            expected = "cannot connect"
+        else:
+            receiver = Receiver(SECRET.encode(), Behaviour(unavailable_first=1000))
+            webhook = stack.enter_context(receiver.running()).url
+            expected = "HTTP 503"
+        [handoff] = crm.dispatch(
+            database_url, config(webhook, tmp_path, batch_size=2), actor="pytest"
+        )
     assert (handoff.sent, handoff.dead_letter, handoff.pending) == (0, 0, 3)
-    assert handoff.stopped and "could not be reached" in handoff.stopped
+    assert handoff.stopped and "is unavailable" in handoff.stopped
     rows = outbox(database_url)
     assert {row["status"] for row in rows.values()} == {"pending"}
-    assert rows["C-01"]["attempts"] == 3 and "cannot connect" in rows["C-01"]["last_error"]
+    assert rows["C-01"]["attempts"] == 3 and expected in rows["C-01"]["last_error"]
     assert rows["C-03"]["attempts"] == 0  # the next batch was never tried
     assert audit.entries(database_url, kind="crm_handoff") == []
 
@@ -266,3 +273,23 @@ def test_a_dispatcher_killed_mid_batch_and_run_again_sends_nothing_twice(
     rows = outbox(database_url)
     assert {row["status"] for row in rows.values()} == {"sent"}
     assert {row["attempts"] for row in rows.values()} == {1}
+
+
+def test_the_webhook_url_and_secret_reach_the_ui_as_the_names_of_their_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from retention_pipelines.assets.crm import crm_resources  # noqa: PLC0415
+    from retention_pipelines.settings import RetentionSettings  # noqa: PLC0415
+
+    monkeypatch.setenv("RETENTION_CRM_WEBHOOK_URL", "https://crm.example.com/hook?token=t0k")
+    monkeypatch.setenv("RETENTION_CRM_WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setenv("RETENTION_CRM_DAILY_CAPACITY", "7")
+    monkeypatch.setenv("RETENTION_HOME_DIR", str(tmp_path))
+    resource = crm_resources(RetentionSettings())["crm"]
+    assert resource.webhook_url.env_var_name == "RETENTION_CRM_WEBHOOK_URL"
+    assert resource.webhook_secret.env_var_name == "RETENTION_CRM_WEBHOOK_SECRET"
+    assert (resource.daily_capacity, resource.crm_dir) == (7, str(tmp_path / "reports" / "crm"))
+    monkeypatch.delenv("RETENTION_CRM_WEBHOOK_URL")
+    monkeypatch.delenv("RETENTION_CRM_WEBHOOK_SECRET")
+    unset = crm_resources(RetentionSettings())["crm"]
+    assert (unset.webhook_url, unset.config().webhook) == (None, None)
