@@ -4,7 +4,10 @@
     With the var `snapshot_date` (the nightly Dagster run passes its partition,
     --vars '{"snapshot_date": "2026-11-26"}') only that day is selected, and delete+insert on
     snapshot_date replaces exactly that day in one transaction; other days stay untouched.
-    Without the var every snapshot is selected: the first build, a full refresh, a full rebuild.
+    Without the var every snapshot is selected: the first build, or a rebuild of every date raw
+    still holds. Raw snapshots are kept for fewer days than features (RETENTION_KEEP_RAW_DAYS,
+    _FEATURES_DAYS), so `--full-refresh` is ignored here: dropping the table would lose the
+    older features for good (drop it by hand to rebuild it from what raw holds).
 -#}
 {{
     config(
@@ -12,6 +15,7 @@
         incremental_strategy='delete+insert',
         unique_key='snapshot_date',
         on_schema_change='fail',
+        full_refresh=false,
     )
 }}
 
