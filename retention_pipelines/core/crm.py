@@ -12,6 +12,14 @@ from its tasks' keys. Every request's outcome is committed as soon as it is know
 dispatcher loses at most the request in flight, and the next one sends it again under the same
 key: delivery is at least once, and at a receiver that honours the key, the effect is exactly
 once. Without a webhook, the day's tasks are written as a CSV file instead.
+
+When a request fails: timeouts, lost connections, 429 and 5xx are tried again (exponential
+backoff with jitter, or the receiver's ``Retry-After``, at most ``crm_max_backoff_s``), up to
+``crm_max_attempts`` times; another 4xx is not. A batch that fails for good is split and its
+tasks sent one by one, so one bad task does not sink the others; a task failing for good on
+its own goes to ``dead_letter`` with the last status and body. A receiver that cannot be
+reached, or answers 503 or 429 through every attempt, is no task's fault: the dispatch stops
+and the tasks stay pending for the next one.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import pandas as pd
@@ -126,6 +134,16 @@ class Webhook:
     @property
     def destination(self) -> str:
         return public_url(self.url)
+
+    def endpoint(self) -> tuple[str, httpx.BasicAuth | None]:
+        """The URL to POST to, and the credentials it held as Basic auth: sent the same,
+        but a logged URL never shows them."""
+        parts = urlsplit(self.url)
+        if parts.username is None:
+            return self.url, None
+        address = parts.netloc.rpartition("@")[2]
+        auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+        return urlunsplit(parts._replace(netloc=address)), auth
 
 
 @dataclass(frozen=True)
@@ -276,18 +294,23 @@ class Handoff:
     stopped: str | None = None  # why the dispatch stopped before the date's last task
 
 
-class _Retryable(Exception):  # noqa: N818  # a request outcome, handled inside this module
+class _FailedRequest(Exception):  # noqa: N818  # a request's outcome, handled in this module
+    """Its message is fit for logs: the status or the kind of failure, never the body the
+    receiver answered (which may name a customer); the body stays in the outbox's row."""
+
+
+class _Retryable(_FailedRequest):
     """A request that may succeed later: a timeout, a lost connection, 429 or 5xx."""
 
     def __init__(
-        self, reason: str, *, retry_after: float | None = None, unavailable: bool = False
+        self, summary: str, *, retry_after: float | None = None, unavailable: bool = False
     ) -> None:
-        super().__init__(reason)
+        super().__init__(summary)
         self.retry_after = retry_after
         self.unavailable = unavailable  # the receiver's state, not the tasks' fault
 
 
-class _FailedForGood(Exception):  # noqa: N818
+class _FailedForGood(_FailedRequest):
     """A request that will not succeed as it is: a 4xx other than 429, or retries spent."""
 
 
@@ -312,7 +335,10 @@ def dispatch(
         if config.webhook is None:
             return [_write_csv(conn, day, config.crm_dir, actor) for day in dates]
         handoffs: list[Handoff] = []
-        with httpx.Client(timeout=config.webhook.timeout_s, follow_redirects=False) as http:
+        _, auth = config.webhook.endpoint()
+        with httpx.Client(
+            timeout=config.webhook.timeout_s, follow_redirects=False, auth=auth
+        ) as http:
             delivery = _Delivery(conn, config.webhook, http)
             for day in dates:
                 handoff = delivery.send_date(day)
@@ -428,10 +454,11 @@ class _Delivery:
             SIGNATURE_HEADER: signature(self.webhook.secret, timestamp, body),
         }
         try:
-            response = self.http.post(self.webhook.url, content=body, headers=headers)
+            response = self.http.post(self.webhook.endpoint()[0], content=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            self._record(keys, None, f"cannot connect: {error}")
-            raise _Retryable(f"cannot connect ({error})", unavailable=True) from error
+            reason = f"cannot connect ({type(error).__name__}: {error})"
+            self._record(keys, None, reason)
+            raise _Retryable(reason, unavailable=True) from error
         except httpx.TimeoutException as error:
             reason = f"no answer within {self.webhook.timeout_s:g} s ({type(error).__name__})"
             self._record(keys, None, reason)
@@ -444,15 +471,14 @@ class _Delivery:
         if response.is_success:
             self._record(keys, status, None)
             return
-        reason = f"HTTP {status}: {response.text[:_BODY_CHARS]}"
-        self._record(keys, status, reason)
+        self._record(keys, status, f"HTTP {status}: {response.text[:_BODY_CHARS]}")
         if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
             raise _Retryable(
-                reason,
+                f"HTTP {status}",
                 retry_after=retry_after_seconds(response.headers.get("Retry-After"), _now()),
                 unavailable=status in _UNAVAILABLE,
             )
-        raise _FailedForGood(reason)
+        raise _FailedForGood(f"HTTP {status}")
 
     def _record(self, keys: list[str], status_code: int | None, error: str | None) -> None:
         outbox.record_attempt(self.conn, keys, status_code=status_code, error=error)

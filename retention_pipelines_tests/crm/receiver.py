@@ -57,6 +57,7 @@ class Receiver:
         self.accepted: Counter[str] = Counter()  # task idempotency key -> times accepted
         self.accepted_customers: set[str] = set()
         self.repeated: list[str] = []  # Idempotency-Keys seen again
+        self.authorization: str | None = None  # the last signed request's Authorization
         self.holding = threading.Event()
         self.release = threading.Event()
         self._seen: set[str] = set()
@@ -89,6 +90,7 @@ class Receiver:
             headers.get(SIGNATURE_HEADER.lower()),
         ):
             return self._log(key, (), 401, b'{"error": "bad signature"}')
+        self.authorization = headers.get("authorization")
         tasks = json.loads(body)["tasks"]
         customers = tuple(task["customer_id"] for task in tasks)
         behaviour = self.behaviour
@@ -99,7 +101,7 @@ class Receiver:
             extra = {"Retry-After": retry_after} if retry_after else {}
             return self._log(key, customers, 503, b'{"error": "busy"}', extra)
         if refused := set(customers) & behaviour.refuse:
-            text = json.dumps({"error": f"{len(refused)} customer(s) unknown to the CRM"})
+            text = json.dumps({"error": f"unknown to the CRM: {', '.join(sorted(refused))}"})
             return self._log(key, customers, 400, text.encode())
         if set(customers) & behaviour.hang:
             self._log(key, customers, 0, b"")

@@ -5,8 +5,10 @@ nothing twice."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -74,8 +76,9 @@ def config(url: str, tmp_path: Path, **delivery: Any) -> crm.CrmConfig:
 
 
 def test_every_task_is_delivered_once_or_dead_lettered_with_its_reason(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     customers = [f"C-{number:02d}" for number in range(1, 11)]
     keys = dict(zip(customers, add_tasks(database_url, DAY, customers), strict=True))
     refused, hanging = "C-02", "C-06"
@@ -105,7 +108,11 @@ def test_every_task_is_delivered_once_or_dead_lettered_with_its_reason(
         "C-10": 1,
     }
     assert rows[refused]["last_status_code"] == 400
-    assert "unknown to the CRM" in rows[refused]["last_error"]
+    assert f"unknown to the CRM: {refused}" in rows[refused]["last_error"]
+    assert "sending them one by one" in caplog.text
+    assert not [customer for customer in customers if customer in caplog.text]  # ids stay put
+    assert receiver.authorization == "Basic " + base64.b64encode(b"crm:pw").decode()
+    assert "pw@" not in caplog.text
     assert rows[hanging]["last_status_code"] is None
     assert "no answer within 0.5 s" in rows[hanging]["last_error"]
     assert all(rows[customer]["sent_at"] is not None for customer in delivered)
