@@ -107,17 +107,21 @@ def crm_retention_tasks(
 ) -> dg.MaterializeResult:
     """``ml.crm_outbox`` for the partition's date: the customers entering the high band or
     whose risk rose, by revenue at risk, up to the daily capacity (the date's pending tasks
-    replaced, its delivered ones kept); then the pending tasks delivered to the CRM."""
+    replaced, its delivered ones kept); then the pending tasks of every date delivered to the
+    CRM, oldest first."""
     day = date.fromisoformat(context.partition_key)
     url, config = warehouse.url(), crm.config()
     selected = select_tasks(url, day, config.selection)
     context.log.info(
         f"{day}: {selected.selected} tasks selected ({selected.kept} handed off before kept)"
     )
-    handoffs = dispatch(url, config, actor=run_actor(context.run_id), snapshot_date=day)
+    # Every date's pending tasks, oldest first: those a CRM outage left on an earlier night
+    # go out with tonight's, with nobody to resend them.
+    handoffs = dispatch(url, config, actor=run_actor(context.run_id))
     for handoff in handoffs:
         context.log.info(
-            f"{handoff.sent} sent, {handoff.dead_letter} dead-lettered to {handoff.destination}"
+            f"{handoff.snapshot_date}: {handoff.sent} sent, {handoff.dead_letter} dead-lettered"
+            f" to {handoff.destination}"
         )
         if handoff.stopped:
             context.log.warning(f"{handoff.stopped}: `retention crm dispatch` sends the rest")

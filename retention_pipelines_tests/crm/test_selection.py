@@ -280,3 +280,27 @@ def test_without_a_webhook_the_day_s_tasks_go_to_a_csv_file_only_its_owner_reads
     ]
     assert run_metadata(result)["tasks_handed_off_now"] == 1
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_tasks_an_outage_left_pending_on_an_earlier_night_go_out_with_the_next_night_s(
+    warehouse: str, customers: dict[str, Any], tmp_path: Path
+) -> None:
+    left, day = customers["roles"]["rises_too_little"], PREVIOUS
+    with psycopg.connect(warehouse) as conn:
+        conn.execute(
+            "insert into ml.crm_outbox (snapshot_date, customer_id, idempotency_key,"
+            " handoff_reason, churn_probability, risk_band, monthly_charges, revenue_at_risk,"
+            " priority, talking_points, model_name, model_version) values"
+            " (%s, %s, %s, 'entered_high', 0.9, 'high', 50, 45, 1, '[]', 'churn-model', '7')",
+            (day, left, task_key(day, left)),
+        )
+    with Receiver(SECRET.encode()).running() as receiver:
+        resource = CrmResource(
+            crm_dir=str(tmp_path), webhook_url=receiver.url, webhook_secret=SECRET
+        )
+        assert materialize(warehouse, resource).success
+    assert receiver.accepted[task_key(day, left)] == 1
+    assert [row["status"] for row in outbox(warehouse, day)] == ["sent"]
+    assert {row["status"] for row in outbox(warehouse)} == {"sent"}
+    subjects = [entry.subject for entry in audit.entries(warehouse, kind="crm_handoff")][-2:]
+    assert subjects == [day.isoformat(), TELCO_DAY]  # oldest first
