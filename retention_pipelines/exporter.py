@@ -1,9 +1,10 @@
 """``retention exporter``: the platform's own health as Prometheus metrics at ``/metrics``.
 
-The figures come from the warehouse's monitoring and run tables and from Dagster's run
-storage (:mod:`retention_pipelines.core.warehouse.platform_health`), read at most once every
-``RETENTION_EXPORTER_CACHE_S`` seconds whatever the number of Prometheus servers scraping,
-so a scrape costs Postgres two small statements at most and usually nothing.
+The figures come from the warehouse's monitoring, run and CRM outbox tables and from
+Dagster's run storage (:mod:`retention_pipelines.core.warehouse.platform_health`), read at
+most once every ``RETENTION_EXPORTER_CACHE_S`` seconds whatever the number of Prometheus
+servers scraping, so a scrape costs Postgres two small statements at most and usually
+nothing.
 
 It logs in as the platform, not as the reader login: the reader can read ``analytics`` and
 nothing else by design, while these figures live in ``raw``, ``ml``, ``monitoring`` and the
@@ -37,8 +38,10 @@ from prometheus_client.registry import Collector
 from retention_pipelines.core import database
 from retention_pipelines.core.warehouse import platform_health
 from retention_pipelines.core.warehouse.platform_health import (
+    CRM_RECENT_DAYS,
     NOTHING_COUNTED,
-    NightlyRuns,
+    CrmTasks,
+    JobRuns,
     WarehouseHealth,
     nightly_window,
     start_of_day,
@@ -48,9 +51,11 @@ from retention_pipelines.settings import RetentionSettings
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# The job the 02:00 schedule runs (automation.nightly_scoring_job; a test holds them equal:
-# importing automation would load every asset of the code location).
+# The jobs the 02:00 and 05:00 schedules run (automation.nightly_scoring_job and
+# data_retention_job; a test holds them equal: importing automation would load every asset of
+# the code location).
 NIGHTLY_JOB: Final = "nightly_scoring_job"
+PURGE_JOB: Final = "data_retention_job"
 PREFIX: Final = "retention_platform_"
 # The sources the exporter reads, by their `source` label.
 SOURCES: Final = {"warehouse": "warehouse", "dagster": "Dagster run storage"}
@@ -131,6 +136,23 @@ METRICS: Final[dict[str, str]] = {
         "RETENTION_NIGHTLY_DEADLINE on the due date, in RETENTION_TIMEZONE (Unix time): when "
         "its nightly run had to have succeeded."
     ),
+    "crm_tasks": (
+        f"CRM tasks in ml.crm_outbox of the last {CRM_RECENT_DAYS} snapshot dates (today in "
+        "RETENTION_TIMEZONE and the days before), by status: pending (not yet delivered), sent, "
+        "dead_letter (refused for good)."
+    ),
+    "crm_oldest_pending_seconds": (
+        "Seconds since the oldest CRM task still pending, of any date, was selected (0: none "
+        "is pending)."
+    ),
+    "purge_last_success_timestamp_seconds": (
+        "When the newest successful run of data_retention_job ended (Unix time; 0: never)."
+    ),
+    "purge_hours_without_success": (
+        "Hours since the newest successful run of data_retention_job ended; before one has, "
+        "since the first successful nightly_scoring_job run ended (the platform has held "
+        "customer data since). Absent before either."
+    ),
 }
 
 
@@ -174,7 +196,7 @@ class Reading:
     read_at: datetime
     duration_s: float
     warehouse: WarehouseHealth | None
-    nightly: NightlyRuns | None
+    runs: dict[str, JobRuns] | None  # by job: NIGHTLY_JOB, PURGE_JOB
 
 
 class PlatformReader:
@@ -215,20 +237,23 @@ class PlatformReader:
         self.reads += 1
         started = time.perf_counter()
         read_at = self.now()
-        warehouse = self._attempt("warehouse", self._read_warehouse)
-        nightly = self._attempt("dagster", self._read_nightly)
-        return Reading(read_at, time.perf_counter() - started, warehouse, nightly)
+        today = read_at.astimezone(ZoneInfo(self.config.timezone)).date()
+        warehouse = self._attempt("warehouse", lambda: self._read_warehouse(today))
+        runs = self._attempt("dagster", self._read_runs)
+        return Reading(read_at, time.perf_counter() - started, warehouse, runs)
 
-    def _read_warehouse(self) -> WarehouseHealth:
+    def _read_warehouse(self, today: date) -> WarehouseHealth:
         health = platform_health.read_warehouse_health(
-            self._warehouse_url(), timeout_s=self.config.timeout_s, known=self._scored
+            self._warehouse_url(), today=today, timeout_s=self.config.timeout_s, known=self._scored
         )
         self._scored = health.scored
         return health
 
-    def _read_nightly(self) -> NightlyRuns:
+    def _read_runs(self) -> dict[str, JobRuns]:
         url = database.with_database(self._warehouse_url(), self.config.dagster_database)
-        return platform_health.read_nightly_runs(url, NIGHTLY_JOB, timeout_s=self.config.timeout_s)
+        return platform_health.read_job_runs(
+            url, (NIGHTLY_JOB, PURGE_JOB), timeout_s=self.config.timeout_s
+        )
 
     def _warehouse_url(self) -> str:
         if self._url is None:
@@ -248,7 +273,8 @@ class PlatformReader:
 
 class PlatformCollector(Collector):
     """The metrics of :data:`METRICS` from the reader's latest reading; the clock-bound
-    figures (ages, the nightly deadline) are computed at each scrape."""
+    figures (ages, the nightly deadline, the hours without a purge) are computed at each
+    scrape."""
 
     def __init__(self, reader: PlatformReader) -> None:
         self.reader = reader
@@ -267,8 +293,10 @@ class PlatformCollector(Collector):
         yield _gauge("nightly_deadline_timestamp_seconds", window.deadline.timestamp())
         if reading.warehouse is not None:
             yield from _warehouse_figures(reading.warehouse, config, now)
-        if reading.nightly is not None:
-            yield from _nightly_figures(reading.nightly, config, now)
+        if reading.runs is not None:
+            nightly = reading.runs[NIGHTLY_JOB]
+            yield from _nightly_figures(nightly, config, now)
+            yield from _purge_figures(reading.runs[PURGE_JOB], nightly, now)
 
 
 def _gauge(name: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
@@ -284,7 +312,7 @@ def _day(day: date, config: ExporterConfig) -> float:
 def _exporter_figures(reading: Reading) -> Iterator[GaugeMetricFamily]:
     up = GaugeMetricFamily(PREFIX + "up", METRICS["up"], labels=["source"])
     up.add_metric(["warehouse"], 0 if reading.warehouse is None else 1)
-    up.add_metric(["dagster"], 0 if reading.nightly is None else 1)
+    up.add_metric(["dagster"], 0 if reading.runs is None else 1)
     yield up
     yield _gauge("read_duration_seconds", reading.duration_s)
     yield _gauge("read_timestamp_seconds", reading.read_at.timestamp())
@@ -302,6 +330,7 @@ def _warehouse_figures(
     yield from _ingestion_figures(health, config)
     yield from _monitoring_figures(health, config)
     yield from _champion_figures(health)
+    yield from _crm_figures(health.crm, now)
 
 
 def _ingestion_figures(
@@ -352,8 +381,19 @@ def _champion_figures(health: WarehouseHealth) -> Iterator[GaugeMetricFamily]:
         yield _gauge("realised_roc_auc", champion.realised_roc_auc)
 
 
+def _crm_figures(crm: CrmTasks, now: datetime) -> Iterator[GaugeMetricFamily]:
+    tasks = GaugeMetricFamily(PREFIX + "crm_tasks", METRICS["crm_tasks"], labels=["status"])
+    for status, count in crm.by_status().items():
+        tasks.add_metric([status], count)
+    yield tasks
+    oldest = crm.oldest_pending_at
+    # A task selected a moment ago by a server whose clock is ahead is not younger than 0.
+    age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+    yield _gauge("crm_oldest_pending_seconds", age)
+
+
 def _nightly_figures(
-    nightly: NightlyRuns, config: ExporterConfig, now: datetime
+    nightly: JobRuns, config: ExporterConfig, now: datetime
 ) -> Iterator[GaugeMetricFamily]:
     last = nightly.last_success_at
     yield _gauge("nightly_last_success_timestamp_seconds", 0 if last is None else last.timestamp())
@@ -363,6 +403,22 @@ def _nightly_figures(
     yield _gauge(
         "nightly_latest_date_timestamp_seconds", 0 if latest is None else _day(latest, config)
     )
+
+
+def _purge_figures(purge: JobRuns, nightly: JobRuns, now: datetime) -> Iterator[GaugeMetricFamily]:
+    last = purge.last_success_at
+    yield _gauge("purge_last_success_timestamp_seconds", 0 if last is None else last.timestamp())
+    since = purge_due_since(purge, nightly)
+    if since is not None:
+        yield _gauge("purge_hours_without_success", (now - since).total_seconds() / 3600)
+
+
+def purge_due_since(purge: JobRuns, nightly: JobRuns) -> datetime | None:
+    """Since when the platform has gone without a successful retention purge: the newest
+    purge's end; before the first, the first night's, as the platform holds customer data
+    from then on, so a purge schedule never turned on is noticed too, and a new platform
+    (no night yet) owes no purge. None: neither has happened."""
+    return purge.last_success_at or nightly.first_success_at
 
 
 def exporter_registry(reader: PlatformReader) -> CollectorRegistry:

@@ -24,14 +24,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retention_pipelines.core import database
 from retention_pipelines.core.warehouse import platform_health
-from retention_pipelines.core.warehouse.platform_health import nightly_window
+from retention_pipelines.core.warehouse.platform_health import NO_RUNS, JobRuns, nightly_window
 from retention_pipelines.exporter import (
     METRICS,
     NIGHTLY_JOB,
     PREFIX,
+    PURGE_JOB,
     ExporterConfig,
     PlatformReader,
     exporter_registry,
+    purge_due_since,
 )
 from retention_pipelines_tests.operations.promql import (
     instant_query,
@@ -86,6 +88,28 @@ values ('2026-03-01', '2026-02-28', '3', 50, 10, 0.70, 0.1, 0.2, 0.2, '[]'),
        ('2026-03-02', '2026-02-25', '3', 50, 10, 0.80, 0.1, 0.2, 0.2, '[]'),
        ('2026-03-02', '2026-02-27', '3', 50, 0, null, 0.1, 0.2, 0.0, '[]'),
        ('2026-03-02', '2026-03-01', '2', 50, 10, 0.60, 0.1, 0.2, 0.2, '[]');
+
+insert into ml.crm_outbox (snapshot_date, customer_id, idempotency_key, handoff_reason,
+    churn_probability, risk_band, monthly_charges, revenue_at_risk, priority, talking_points,
+    model_name, model_version, status, created_at, sent_at)
+select day::date, 'C-' || status || '-' || task, day || '/' || status || '/' || task,
+       'entered_high', 0.8, 'high', 70, 56, task, '[]', 'churn-model', '3', status,
+       selected_at::timestamptz,
+       case when status = 'sent' then selected_at::timestamptz + interval '1 minute' end
+from (values
+    -- The night of 2026-03-02: five delivered, one refused, two not delivered yet.
+    ('2026-03-02', 'sent', 5, '2026-03-02 02:10+00'),
+    ('2026-03-02', 'dead_letter', 1, '2026-03-02 02:10+00'),
+    ('2026-03-02', 'pending', 2, '2026-03-02 02:10+00'),
+    -- The oldest date of the last 7 on 2026-03-03, and the day before it.
+    ('2026-02-25', 'sent', 1, '2026-02-25 02:10+00'),
+    ('2026-02-25', 'dead_letter', 1, '2026-02-25 02:10+00'),
+    ('2026-02-24', 'sent', 3, '2026-02-24 02:10+00'),
+    ('2026-02-24', 'dead_letter', 1, '2026-02-24 02:10+00'),
+    -- Left pending by a CRM outage long ago: the oldest pending task, of any date.
+    ('2026-02-20', 'pending', 1, '2026-02-20 02:05+00')
+) as handoffs (day, status, tasks, selected_at),
+     generate_series(1, tasks) as task;
 """
 
 
@@ -103,17 +127,29 @@ def night(context: dg.AssetExecutionContext) -> None:
         raise RuntimeError("the landing file never came")
 
 
+class PurgeConfig(dg.Config):
+    fail: bool = False
+
+
+@dg.asset
+def purge(config: PurgeConfig) -> None:
+    """A retention purge, failing when told to."""
+    if config.fail:
+        raise RuntimeError("the warehouse refused the delete")
+
+
 @pytest.fixture(scope="module")
 def dagster_database(server_url: str) -> Iterator[str]:
     """A Dagster instance on the test server (dagster-postgres, as the platform's), holding a
     successful nightly run of 2026-03-02, a failed one of 2026-03-03 and another job's run
-    of 2026-03-04 that succeeded."""
+    of 2026-03-04 that succeeded; then a purge that succeeded and a later one that failed."""
     name = f"retention_test_dagster_{uuid.uuid4().hex[:8]}"
     database.ensure_database(server_url, name)
     storage = {"postgres": {"postgres_url": database.with_database(server_url, name)}}
     nightly = dg.define_asset_job(NIGHTLY_JOB, selection=[night])
     other = dg.define_asset_job("daily_snapshot_job", selection=[night])
-    definitions = dg.Definitions(assets=[night], jobs=[nightly, other])
+    purge_job = dg.define_asset_job(PURGE_JOB, selection=[purge])
+    definitions = dg.Definitions(assets=[night, purge], jobs=[nightly, other, purge_job])
     try:
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             for job, partition in (
@@ -123,6 +159,12 @@ def dagster_database(server_url: str) -> Iterator[str]:
             ):
                 definitions.resolve_job_def(job).execute_in_process(
                     instance=instance, partition_key=partition, raise_on_error=False
+                )
+            for fail in (False, True):
+                definitions.resolve_job_def(PURGE_JOB).execute_in_process(
+                    instance=instance,
+                    run_config={"ops": {"purge": {"config": {"fail": fail}}}},
+                    raise_on_error=False,
                 )
         yield name
     finally:
@@ -230,6 +272,117 @@ def test_the_nightly_figures_are_the_nightly_jobs_successful_runs(
 
 
 @pytest.mark.slow
+def test_the_purge_figures_are_the_purge_jobs_successful_runs(
+    warehouse: str, dagster_database: str
+) -> None:
+    """The later failed purge does not count: a purge is judged by its job's runs, which
+    succeed whether or not anything was past its cut-off (the audit log says only what
+    went)."""
+    samples = _scrape(PlatformReader(_config(warehouse, dagster_database), now=lambda: NOW))
+    dagster_url = database.with_database(warehouse, dagster_database)
+    with psycopg.connect(dagster_url) as conn:
+        ended = dict(
+            conn.execute(
+                "select status, max(end_time) from runs where pipeline_name = %s group by status",
+                (PURGE_JOB,),
+            ).fetchall()
+        )
+    assert ended["FAILURE"] > ended["SUCCESS"]
+
+    assert _value(samples, "purge_last_success_timestamp_seconds") == pytest.approx(
+        ended["SUCCESS"]
+    )
+    assert _value(samples, "purge_hours_without_success") == pytest.approx(
+        (NOW.timestamp() - ended["SUCCESS"]) / 3600
+    )
+
+
+def test_the_crm_figures_count_the_last_7_dates_and_age_the_oldest_pending_task(
+    warehouse: str,
+) -> None:
+    """On 2026-03-03 the last 7 dates are 2026-02-25 to 2026-03-03: the tasks of 2026-02-24
+    are left out, while the task pending since 2026-02-20 is the oldest pending one."""
+    samples = _scrape(PlatformReader(_config(warehouse, NO_DAGSTER), now=lambda: NOW))
+
+    assert _value(samples, "crm_tasks", status="pending") == 2
+    assert _value(samples, "crm_tasks", status="sent") == 6
+    assert _value(samples, "crm_tasks", status="dead_letter") == 2
+    selected = datetime(2026, 2, 20, 2, 5, tzinfo=UTC)
+    assert _value(samples, "crm_oldest_pending_seconds") == (NOW - selected).total_seconds()
+
+
+def test_the_last_7_dates_are_those_of_today_in_the_platforms_timezone(warehouse: str) -> None:
+    """At 23:30 UTC on 2026-03-02 it is already 2026-03-03 in Tokyo: 2026-02-24 has left
+    the window there, not yet in UTC."""
+    evening = datetime(2026, 3, 2, 23, 30, tzinfo=UTC)
+    for timezone, dead_letters in (("UTC", 3), ("Asia/Tokyo", 2)):
+        reader = PlatformReader(
+            _config(warehouse, NO_DAGSTER, timezone=timezone), now=lambda: evening
+        )
+        assert _value(_scrape(reader), "crm_tasks", status="dead_letter") == dead_letters
+
+
+def test_the_crm_figures_read_through_the_outbox_indexes(database_url: str) -> None:
+    """180 days of 200 tasks a day: the recent dates are a range of the primary key, the
+    pending tasks are read from their partial index, never the whole table."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into ml.crm_outbox (snapshot_date, customer_id, idempotency_key,"
+            " handoff_reason, churn_probability, risk_band, monthly_charges, revenue_at_risk,"
+            " priority, talking_points, model_name, model_version, status, sent_at)"
+            " select day::date, 'C-' || task, day::date || '/' || task, 'entered_high', 0.8,"
+            " 'high', 70, 56, task, '[]', 'churn-model', '3',"
+            " case when day::date = '2026-03-02' then 'pending' else 'sent' end,"
+            " case when day::date = '2026-03-02' then null else now() end"
+            " from generate_series(date '2025-09-04', date '2026-03-02', interval '1 day') as day,"
+            " generate_series(1, 200) as task"
+        )
+        conn.execute("analyze ml.crm_outbox")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "explain " + platform_health._HEALTH_QUERY,  # type: ignore[arg-type]  # ours
+                {
+                    "today": NOW.date(),
+                    "crm_recent_days": platform_health.CRM_RECENT_DAYS,
+                    "model_name": platform_health.MODEL_NAME,
+                    "scores_table": "ml.churn_risk_scores",
+                    "known_date": None,
+                    "known_writes": None,
+                    "known_rows": 0,
+                },
+            ).fetchall()
+        )
+    assert "Seq Scan on crm_outbox" not in plan, plan
+    assert "crm_outbox_pkey" in plan, plan
+    assert "crm_outbox_pending" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("purge_ended", "first_night_ended", "due_since"),
+    [
+        # The newest purge's end, whenever the first night was.
+        ("2026-03-02T05:03:00+00:00", "2026-01-01T02:30:00+00:00", "2026-03-02T05:03:00+00:00"),
+        # No purge yet: since the first night, when the platform began to hold customer data.
+        (None, "2026-01-01T02:30:00+00:00", "2026-01-01T02:30:00+00:00"),
+        # A new platform: nothing is due.
+        (None, None, None),
+    ],
+)
+def test_a_purge_is_due_from_the_last_one_or_else_from_the_first_night(
+    purge_ended: str | None, first_night_ended: str | None, due_since: str | None
+) -> None:
+    def runs(ended: str | None) -> JobRuns:
+        at = None if ended is None else datetime.fromisoformat(ended)
+        return JobRuns(first_success_at=at, last_success_at=at, latest_date=None)
+
+    nightly = runs(first_night_ended)
+    purge_runs = runs(purge_ended) if purge_ended else NO_RUNS
+    expected = None if due_since is None else datetime.fromisoformat(due_since)
+    assert purge_due_since(purge_runs, nightly) == expected
+
+
+@pytest.mark.slow
 def test_a_full_platform_exports_every_documented_metric_and_nothing_else(
     warehouse: str, dagster_database: str
 ) -> None:
@@ -251,11 +404,19 @@ def test_a_new_platform_exports_only_what_exists(database_url: str, server_url: 
     assert _value(samples, "scored_rows") == 0
     assert _value(samples, "nightly_last_success_timestamp_seconds") == 0
     assert _value(samples, "nightly_latest_date_timestamp_seconds") == 0
+    assert _value(samples, "purge_last_success_timestamp_seconds") == 0
+    for status in ("pending", "sent", "dead_letter"):
+        assert _value(samples, "crm_tasks", status=status) == 0
+    assert _value(samples, "crm_oldest_pending_seconds") == 0
+    # No night has succeeded, so no purge is due yet: no hours without one.
     assert _names(samples) == {
         "up",
         "read_duration_seconds",
         "read_timestamp_seconds",
         "scored_rows",
+        "crm_tasks",
+        "crm_oldest_pending_seconds",
+        "purge_last_success_timestamp_seconds",
         "reject_share_threshold",
         "realised_roc_auc_drop_tolerance",
         "nightly_due_date_timestamp_seconds",
@@ -269,11 +430,12 @@ def test_the_latest_dates_count_holds_until_the_scores_table_is_written(database
     """Counting a date's scores is linear in its customers: it is done again only once the
     date or the table's writes moved, which the statistics collector counts for nothing."""
     _write_and_flush_statistics(database_url, _SEED)
-    counted = platform_health.read_warehouse_health(database_url, timeout_s=3).scored
+    today = NOW.date()
+    counted = platform_health.read_warehouse_health(database_url, today=today, timeout_s=3).scored
     assert (counted.rows, counted.writes) == (120, 220)
 
     reused = platform_health.read_warehouse_health(
-        database_url, timeout_s=3, known=replace(counted, rows=999)
+        database_url, today=today, timeout_s=3, known=replace(counted, rows=999)
     )
     assert reused.scored.rows == 999  # the known count, not a new one
 
@@ -285,7 +447,9 @@ def test_the_latest_dates_count_holds_until_the_scores_table_is_written(database
         " model_version, scored_at from ml.churn_risk_scores"
         " where snapshot_date = '2026-03-02' limit 1",
     )
-    recounted = platform_health.read_warehouse_health(database_url, timeout_s=3, known=counted)
+    recounted = platform_health.read_warehouse_health(
+        database_url, today=today, timeout_s=3, known=counted
+    )
     assert (recounted.scored.rows, recounted.scored.writes) == (121, 221)
 
 
@@ -429,10 +593,14 @@ def test_the_deadline_is_local_time_in_the_platforms_timezone_across_summer_time
 @pytest.mark.slow  # loads the code location's modules (MLflow, dbt): up to 15 s alone
 def test_the_names_the_exporter_repeats_are_the_platforms() -> None:
     """The job and model names, kept here to spare the exporter Dagster's and MLflow's imports."""
-    from retention_pipelines.automation import nightly_scoring_job  # noqa: PLC0415
+    from retention_pipelines.automation import (  # noqa: PLC0415
+        data_retention_job,
+        nightly_scoring_job,
+    )
     from retention_pipelines.core.registry import MODEL_NAME  # noqa: PLC0415
 
     assert nightly_scoring_job.name == NIGHTLY_JOB
+    assert data_retention_job.name == PURGE_JOB
     assert platform_health.MODEL_NAME == MODEL_NAME
 
 
@@ -490,16 +658,21 @@ def test_retention_exporter_answers_up_zero_while_the_database_is_down_and_stops
 
 # The platform's rules on the seeded night, judged now: the night of today is long overdue,
 # 6.15% of the rows were rejected (setting 5%), the latest report drifted and its data
-# quality failed; the realised ROC AUC (0.80) is within 0.05 of the test figure (0.84).
+# quality failed, a CRM task has been pending since 2026-02-20; the realised ROC AUC (0.80)
+# is within 0.05 of the test figure (0.84), the dead-lettered tasks' dates are weeks before
+# the last 7 days, and the purge succeeded moments ago.
 FIRING_ON_THE_SEEDED_NIGHT = {
     "RetentionNightlyScoringLate",
     "RetentionRejectShareHigh",
     "RetentionDatasetDrift",
     "RetentionDataQualityFailed",
+    "RetentionCrmTasksStuckPending",
 }
 PLATFORM_RULES = {
     *FIRING_ON_THE_SEEDED_NIGHT,
     "RetentionRealisedAucDrop",
+    "RetentionCrmTasksDeadLettered",
+    "RetentionPurgeNotSucceeded",
     "RetentionPlatformSourceDown",
     "RetentionExporterDown",
 }

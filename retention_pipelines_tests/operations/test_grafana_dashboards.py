@@ -106,9 +106,12 @@ def test_the_api_dashboard_shows_rate_latency_errors_model_version_and_the_ab_sp
     assert "sum by (variant) (rate(retention_api_predictions_total" in exprs
 
 
-def test_the_pipeline_dashboard_shows_rows_rejects_drift_realised_auc_and_the_night() -> None:
+def test_the_pipeline_dashboard_shows_the_night_its_figures_the_crm_and_the_purge() -> None:
     read = metric_names(_exprs("pipeline.json"))
     assert {
+        "retention_platform_crm_tasks",
+        "retention_platform_crm_oldest_pending_seconds",
+        "retention_platform_purge_hours_without_success",
         "retention_platform_scored_rows",
         "retention_platform_ingested_rows",
         "retention_platform_reject_share",

@@ -1,16 +1,21 @@
 """The platform's health as its tables record it: what the night produced (scores, rejects,
-drift, data quality, realised performance, the champion) and when the nightly run last
-succeeded. The Prometheus exporter (``retention exporter``) reads these figures on every
-scrape it does not answer from its cache, so each read is one statement:
+drift, data quality, realised performance, the champion), how the CRM hand-off is going, and
+when the nightly run and the retention purge last succeeded. The Prometheus exporter
+(``retention exporter``) reads these figures on every scrape it does not answer from its
+cache, so each read is one statement:
 
 - the warehouse's figures come from one query, a CTE per figure, each the newest row of its
   table found through the table's primary key. The customers scored on the latest date are
   counted from the key's index (about 0.2 s a million customers), and only when the date or
   the scores table changed since the previous count: the statistics collector's count of
-  the table's row writes says so for free;
-- the nightly runs come from Dagster's run storage (dagster-postgres keeps them in the
-  ``runs`` table of the Dagster database on the same server): one aggregate over the nightly
-  job's successful runs.
+  the table's row writes says so for free. The CRM tasks are counted over a range of the
+  outbox's key (the last :data:`CRM_RECENT_DAYS` dates, at most that many days' capacity),
+  and the oldest pending one is found through the partial index of pending tasks, which the
+  dispatcher keeps small;
+- the runs come from Dagster's run storage (dagster-postgres keeps them in the ``runs`` table
+  of the Dagster database on the same server): one aggregate over the successful runs of the
+  nightly job and of the purge job. The purge is judged by its job's runs, not by the audit
+  log: a purge with nothing past its cut-off succeeds without writing an entry.
 
 Both connections are read-only sessions with a statement timeout, tried once: a scrape must
 answer in seconds whatever the database does, and a down database is a figure of its own
@@ -19,6 +24,7 @@ answer in seconds whatever the database does, and a down database is a figure of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
@@ -30,6 +36,7 @@ from psycopg.rows import dict_row
 from retention_pipelines.core.database import connect
 from retention_pipelines.core.warehouse.tables import (
     CHURN_RISK_SCORES,
+    CRM_OUTBOX,
     DATA_QUALITY,
     DRIFT_REPORTS,
     INGESTION_RUNS,
@@ -45,6 +52,9 @@ MODEL_NAME: Final = "churn-model"
 DAGSTER_RUNS: Final = "runs"
 DAGSTER_SUCCESS: Final = "SUCCESS"
 APPLICATION_NAME: Final = "retention-exporter"
+# The CRM tasks counted per status: those of today's snapshot date (in RETENTION_TIMEZONE) and
+# of the six before, the hand-offs the retention team is still working through.
+CRM_RECENT_DAYS: Final = 7
 
 _HEALTH_QUERY: Final = f"""
 with latest_scores as (
@@ -106,6 +116,20 @@ realised as (
     where performance.roc_auc is not null
     order by performance.evaluated_on desc, performance.score_date desc
     limit 1
+),
+crm_recent as (
+    select
+        count(*) filter (where status = 'pending') as pending,
+        count(*) filter (where status = 'sent') as sent,
+        count(*) filter (where status = 'dead_letter') as dead_letter
+    from {CRM_OUTBOX}
+    where snapshot_date > %(today)s::date - %(crm_recent_days)s::integer
+),
+crm_pending as (
+    -- Read through the partial index of pending tasks (crm_outbox_pending).
+    select min(created_at) as oldest_created_at
+    from {CRM_OUTBOX}
+    where status = 'pending'
 )
 select
     scored.snapshot_date as scored_date,
@@ -128,7 +152,11 @@ select
     champion.test_roc_auc as champion_test_roc_auc,
     realised.roc_auc as realised_roc_auc,
     realised.score_date as realised_score_date,
-    realised.evaluated_on as realised_evaluated_on
+    realised.evaluated_on as realised_evaluated_on,
+    crm_recent.pending as crm_pending,
+    crm_recent.sent as crm_sent,
+    crm_recent.dead_letter as crm_dead_letter,
+    crm_pending.oldest_created_at as crm_oldest_pending_at
 from (select) as one_row
 left join scored on true
 left join ingested on true
@@ -136,15 +164,20 @@ left join drift on true
 left join quality on true
 left join champion on true
 left join realised on true
+left join crm_recent on true
+left join crm_pending on true
 """
 
-_NIGHTLY_QUERY: Final = f"""
+_RUNS_QUERY: Final = f"""
 select
+    pipeline_name as job,
+    min(end_time) as first_success,
     max(end_time) as last_success,
     max(partition) filter (where partition ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$')
         as latest_date
 from {DAGSTER_RUNS}
-where pipeline_name = %(job)s and status = %(status)s
+where pipeline_name = any(%(jobs)s) and status = %(status)s
+group by pipeline_name
 """
 
 
@@ -210,6 +243,21 @@ NOTHING_COUNTED: Final = ScoredRows(snapshot_date=None, rows=0, writes=None)
 
 
 @dataclass(frozen=True)
+class CrmTasks:
+    """The CRM hand-off (``ml.crm_outbox``): the tasks of the last :data:`CRM_RECENT_DAYS`
+    snapshot dates per status, and when the oldest task still pending, of any date, was
+    selected (None: none is pending)."""
+
+    pending: int
+    sent: int
+    dead_letter: int
+    oldest_pending_at: datetime | None
+
+    def by_status(self) -> dict[str, int]:
+        return {"pending": self.pending, "sent": self.sent, "dead_letter": self.dead_letter}
+
+
+@dataclass(frozen=True)
 class WarehouseHealth:
     """The warehouse's figures; a part is None while its table has no row (a new platform)."""
 
@@ -218,15 +266,20 @@ class WarehouseHealth:
     drift: Drift | None
     quality: Quality | None
     champion: Champion | None
+    crm: CrmTasks
 
 
 @dataclass(frozen=True)
-class NightlyRuns:
-    """The nightly job's successful runs in Dagster's run storage: when the newest ended,
-    and the newest date (partition) one succeeded for. None: no such run."""
+class JobRuns:
+    """A job's successful runs in Dagster's run storage: when the first and the newest
+    ended, and the newest date (partition) one succeeded for. None: no such run."""
 
+    first_success_at: datetime | None
     last_success_at: datetime | None
     latest_date: date | None
+
+
+NO_RUNS: Final = JobRuns(first_success_at=None, last_success_at=None, latest_date=None)
 
 
 @dataclass(frozen=True)
@@ -239,11 +292,14 @@ class NightlyWindow:
 
 
 def read_warehouse_health(
-    url: str, *, timeout_s: float, known: ScoredRows = NOTHING_COUNTED
+    url: str, *, today: date, timeout_s: float, known: ScoredRows = NOTHING_COUNTED
 ) -> WarehouseHealth:
-    """The warehouse's figures in one statement (see the module's docstring); the latest
-    date's scores are counted again unless ``known``, the previous read's count, still holds."""
+    """The warehouse's figures in one statement (see the module's docstring), the CRM tasks
+    counted over the dates up to ``today``'s :data:`CRM_RECENT_DAYS`; the latest date's
+    scores are counted again unless ``known``, the previous read's count, still holds."""
     parameters = {
+        "today": today,
+        "crm_recent_days": CRM_RECENT_DAYS,
         "model_name": MODEL_NAME,
         "scores_table": CHURN_RISK_SCORES,
         "known_date": known.snapshot_date,
@@ -256,21 +312,18 @@ def read_warehouse_health(
     return _warehouse_health(row)
 
 
-def read_nightly_runs(dagster_url: str, job_name: str, *, timeout_s: float) -> NightlyRuns:
-    """The nightly job's successful runs in the Dagster database at ``dagster_url``; none
-    while the instance has not created its tables (no Dagster process has opened it yet)."""
+def read_job_runs(dagster_url: str, jobs: Sequence[str], *, timeout_s: float) -> dict[str, JobRuns]:
+    """The successful runs of each of ``jobs`` in the Dagster database at ``dagster_url``
+    (:data:`NO_RUNS` for a job without one, and for every job while the instance has not
+    created its tables: no Dagster process has opened it yet)."""
+    found = dict.fromkeys(jobs, NO_RUNS)
     with _read_only(dagster_url, timeout_s) as conn:
         try:
-            row = conn.execute(_NIGHTLY_QUERY, {"job": job_name, "status": DAGSTER_SUCCESS})
-            found = row.fetchone()
+            rows = conn.execute(_RUNS_QUERY, {"jobs": list(jobs), "status": DAGSTER_SUCCESS})
+            found.update({row["job"]: _job_runs(row) for row in rows.fetchall()})
         except psycopg.errors.UndefinedTable:
-            return NightlyRuns(last_success_at=None, latest_date=None)
-    assert found is not None  # noqa: S101  # an aggregate returns one row
-    end_time, latest = found["last_success"], found["latest_date"]
-    return NightlyRuns(
-        last_success_at=None if end_time is None else datetime.fromtimestamp(end_time, UTC),
-        latest_date=None if latest is None else date.fromisoformat(latest),
-    )
+            pass
+    return found
 
 
 def nightly_window(now: datetime, timezone: str, deadline: time) -> NightlyWindow:
@@ -308,6 +361,15 @@ def _read_only(url: str, timeout_s: float) -> psycopg.Connection[dict[str, Any]]
     )  # type: ignore[return-value]  # row_factory=dict_row makes the rows dicts
 
 
+def _job_runs(row: dict[str, Any]) -> JobRuns:
+    first, last, latest = row["first_success"], row["last_success"], row["latest_date"]
+    return JobRuns(
+        first_success_at=None if first is None else datetime.fromtimestamp(first, UTC),
+        last_success_at=None if last is None else datetime.fromtimestamp(last, UTC),
+        latest_date=None if latest is None else date.fromisoformat(latest),
+    )
+
+
 def _warehouse_health(row: dict[str, Any]) -> WarehouseHealth:
     return WarehouseHealth(
         scored=ScoredRows(
@@ -319,6 +381,12 @@ def _warehouse_health(row: dict[str, Any]) -> WarehouseHealth:
         drift=_drift(row),
         quality=_quality(row),
         champion=_champion(row),
+        crm=CrmTasks(
+            pending=int(row["crm_pending"] or 0),
+            sent=int(row["crm_sent"] or 0),
+            dead_letter=int(row["crm_dead_letter"] or 0),
+            oldest_pending_at=row["crm_oldest_pending_at"],
+        ),
     )
 
 
