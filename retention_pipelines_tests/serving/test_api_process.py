@@ -33,6 +33,7 @@ import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from retention_pipelines.core import database, registry
+from retention_pipelines.core.pseudonyms import pseudonym_key
 from retention_pipelines.core.warehouse.tables import PREDICTION_LOG
 from retention_pipelines_tests.churn_models import constant_churn_model
 from retention_pipelines_tests.serving import api
@@ -369,6 +370,8 @@ def _settings(platform: api.ServingPlatform, home: Path, database_url: str) -> d
         "RETENTION_DATABASE_URL": database_url,
         "RETENTION_HOME_DIR": str(home),
         "RETENTION_MLFLOW_DATABASE": platform.settings.mlflow_database,
+        # The access log names customers by a keyed pseudonym: a server needs the key.
+        "RETENTION_PSEUDONYM_KEY": pseudonym_key(platform.settings).decode(),
     }
 
 
