@@ -199,7 +199,10 @@ def read_current(url: str, snapshot_date: date, *, max_rows: int) -> tuple[pd.Da
 
 
 def _for_evidently(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Flags as text categories: Evidently tests them as categorical columns."""
+    """The frame Evidently reads: ``columns`` only (the features and the probability, never
+    ``customer_id`` or another id: the HTML report is a file outside the warehouse), flags as
+    text categories, which Evidently tests as categorical columns. The report shows
+    distributions and aggregates (Evidently's raw-data plots stay off), not rows."""
     out = frame[columns].copy()
     for column in BOOLEAN_FEATURES:
         if column in out:
