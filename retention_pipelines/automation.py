@@ -31,15 +31,17 @@ retrain_job = dg.define_asset_job(
 
 # The night: ingest the day's landing file, rebuild its features (and check their quality),
 # score every customer with the champion, refresh what business users read, and end with the
-# drift report and the realised performance of earlier scores.
+# drift report and the realised performance of earlier scores; the customers to contact are
+# handed to the CRM as soon as the scores are in.
 nightly_scoring_job = dg.define_asset_job(
     name="nightly_scoring_job",
     selection=dg.AssetSelection.groups(
-        "ingestion", "staging", "features", "scoring", "analytics", "monitoring"
+        "ingestion", "staging", "features", "scoring", "analytics", "monitoring", "crm"
     ),
     partitions_def=daily_partitions,
     description=(
-        "One snapshot date end to end: ingestion, features, scores, analytics views, drift."
+        "One snapshot date end to end: ingestion, features, scores, analytics views, drift, "
+        "CRM hand-off."
     ),
 )
 
@@ -65,6 +67,23 @@ nightly_scoring_schedule = dg.build_schedule_from_partitioned_job(
     hour_of_day=2,
     minute_of_hour=0,
     description="Every night at 02:00: the day's snapshot ingested, featurized and scored.",
+)
+
+
+# Governance: what is past its retention goes, every day, after the night's runs.
+data_retention_job = dg.define_asset_job(
+    name="data_retention_job",
+    selection=dg.AssetSelection.assets("data_retention_purge"),
+    description="Delete what is past each table's retention; keep what the champion needs.",
+)
+
+# 05:00 in RETENTION_TIMEZONE: after the night's scoring, before the working day.
+data_retention_schedule = dg.ScheduleDefinition(
+    name="data_retention_schedule",
+    job=data_retention_job,
+    cron_schedule="0 5 * * *",
+    execution_timezone=daily_partitions.timezone,
+    description="Every day at 05:00: rows past their retention purged (RETENTION_KEEP_*_DAYS).",
 )
 
 

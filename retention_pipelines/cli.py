@@ -32,6 +32,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from retention_pipelines.core import database
+from retention_pipelines.core.audit import KINDS as AUDIT_KINDS
 from retention_pipelines.core.ingestion import (
     LandingFileError,
     LandingFormat,
@@ -500,7 +501,13 @@ def model_promote(
 
     client = _mlflow_client()
     try:
-        registry.promote(client, version, reason=reason, actor=f"cli:{getpass.getuser()}")
+        registry.promote(
+            client,
+            version,
+            reason=reason,
+            actor=f"cli:{getpass.getuser()}",
+            audit_url=database.settings_database_url(get_settings()),
+        )
     except (ValueError, LookupError, MlflowException) as error:
         console.print(f"[red]cannot promote: {error}")
         raise typer.Exit(1) from error
@@ -515,7 +522,12 @@ def model_rollback(reason: ReasonOption) -> None:
 
     client = _mlflow_client()
     try:
-        version = registry.rollback(client, reason=reason, actor=f"cli:{getpass.getuser()}")
+        version = registry.rollback(
+            client,
+            reason=reason,
+            actor=f"cli:{getpass.getuser()}",
+            audit_url=database.settings_database_url(get_settings()),
+        )
     except (ValueError, LookupError) as error:
         console.print(f"[red]cannot roll back: {error}")
         raise typer.Exit(1) from error
@@ -947,6 +959,182 @@ def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")])
     )
 
 
+# --- personal data: the audit log, retention and erasure ----------------------------------------
+
+
+@app.command()
+def lookup(
+    pseudonym: Annotated[
+        str,
+        typer.Argument(
+            help="A pseudonym as Dagster, MLflow, reports and logs show it: 12 to 64 "
+            "hexadecimal characters (a leading ~, as in the API's access log, is ignored)."
+        ),
+    ],
+) -> None:
+    """The customer id(s) a pseudonym stands for, found in the warehouse: for people with
+    warehouse access, as the ids it prints are. One id a line; exit 1 when none has it."""
+    from retention_pipelines.core import pseudonyms  # noqa: PLC0415
+
+    settings = get_settings()
+    try:
+        key = pseudonyms.pseudonym_key(settings)
+    except pseudonyms.PseudonymKeyError as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1) from error
+    try:
+        found = pseudonyms.lookup(database.settings_database_url(settings), pseudonym, key)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="PSEUDONYM") from error
+    if not found:
+        console.print(
+            f"[red]no customer in the warehouse has the pseudonym {pseudonym.strip()!r}[/red]: "
+            "erased or purged since, or made with another RETENTION_PSEUDONYM_KEY",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
+    if len(found) > 1:
+        typer.echo(f"{len(found)} customers share this pseudonym's first characters:", err=True)
+    for customer_id in found:
+        print(customer_id)
+
+
+def _parse_since(value: str, timezone: str) -> datetime:
+    """A date (its midnight) or a date and time; in RETENTION_TIMEZONE unless it has an offset."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"{value[:64]!r} is not a date or time like 2026-11-26 or 2026-11-26T08:30"
+        ) from error
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=ZoneInfo(timezone))
+
+
+@app.command("audit")
+def audit_command(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this date or time on: 2026-11-26 or 2026-11-26T08:30 "
+            "(RETENTION_TIMEZONE unless an offset is given)."
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help=f"Only this kind: {', '.join(AUDIT_KINDS)}.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the latest N entries.")] = None,
+) -> None:
+    """The audit log, oldest first: model promotions, rollbacks and gate refusals, API keys,
+    CRM hand-offs, erasures and purges; who, when and why."""
+    import json  # noqa: PLC0415
+
+    from retention_pipelines.core import audit  # noqa: PLC0415
+
+    settings = get_settings()
+    if kind is not None and kind not in AUDIT_KINDS:
+        raise typer.BadParameter(
+            f"unknown kind {kind[:64]!r}: one of {', '.join(AUDIT_KINDS)}", param_hint="--kind"
+        )
+    start = _parse_since(since, settings.timezone) if since else None
+    url = database.settings_database_url(settings)
+    found = audit.entries(url, since=start, kind=kind, limit=limit)
+    zone = ZoneInfo(settings.timezone)
+    table = Table(title=f"Audit log ({len(found)} entries, times in {settings.timezone})")
+    for column in ("at", "kind", "actor", "subject", "reason", "details"):
+        table.add_column(column, overflow="fold")
+    for entry in found:
+        table.add_row(
+            f"{entry.recorded_at.astimezone(zone):%Y-%m-%d %H:%M:%S}", entry.kind, entry.actor,
+            entry.subject, entry.reason or "",
+            json.dumps(entry.details, separators=(", ", ": "), ensure_ascii=False),
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would go; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete what is past each table's retention (RETENTION_KEEP_*_DAYS), date by date, each
+    date recorded in the audit log; the champion's training snapshots are kept."""
+    from retention_pipelines.core import audit, data_retention  # noqa: PLC0415
+
+    settings = get_settings()
+    url = database.settings_database_url(settings)
+    policy = data_retention.policy_from_settings(settings)
+    champion = data_retention.champion_data(_mlflow_client())
+    today = policy.today()
+    if dry_run:
+        result = None
+        plan = data_retention.plan_purge(url, policy, today=today, champion=champion)
+    else:
+        result = data_retention.purge(
+            url, policy, today=today, champion=champion, actor=audit.cli_actor()
+        )
+        plan = result.plan
+    _print_purge(plan, result)
+
+
+def _print_purge(plan: Any, result: Any) -> None:
+    from retention_pipelines.core import data_retention  # noqa: PLC0415
+
+    done = result is not None
+    title = f"Retention purge of {plan.today}" + ("" if done else " (dry run: nothing deleted)")
+    table = Table(title=title)
+    for column in ("table", "keeps (days)", "cut-off", "dates", "rows gone" if done
+                   else "rows that would go", "kept past the cut-off"):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for row in data_retention.plan_frame(plan, result).itertuples(index=False):
+        table.add_row(row.table, str(row.keep_days), row.cutoff, f"{row.dates:,}",
+                      f"{row.rows:,}", row.kept)  # fmt: skip
+    console.print(table)
+    console.print(data_retention.files_text(plan, result), highlight=False)
+    for note in plan.notes():
+        console.print(note, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def forget(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id, as the warehouse has it.")],
+    reason: ReasonOption,
+) -> None:
+    """Erase a customer from every warehouse table in one transaction; the audit log records
+    it by pseudonym. Models trained before keep their weights: retrain to remove their
+    influence."""
+    from retention_pipelines.core import audit, erasure, pseudonyms  # noqa: PLC0415
+
+    settings = get_settings()
+    url = database.settings_database_url(settings)
+    try:
+        erased = erasure.forget_customer(
+            url,
+            customer_id,
+            reason=reason,
+            actor=audit.cli_actor(),
+            key=pseudonyms.pseudonym_key(settings),
+            on_wait=console.print,
+        )
+    except (LookupError, ValueError, pseudonyms.PseudonymKeyError) as error:
+        console.print(f"[red]not erased: {error}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    table = Table(title=f"Customer {erased.pseudonym} erased")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in erased.rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    console.print(
+        f"{erased.total:,} rows removed in one transaction; recorded in the audit log as "
+        f"{erased.pseudonym}. Models trained before keep their weights: retrain "
+        "(`retention train`) for a champion that never saw this customer.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (RETENTION_API_HOST).")] = None,
@@ -1130,3 +1318,73 @@ def stack_down() -> None:
     from retention_pipelines.stack.control import down  # noqa: PLC0415
 
     _stack_command(down)
+
+
+# --- the CRM hand-off ---------------------------------------------------------------------------
+
+crm_app = typer.Typer(help="The CRM hand-off: retention tasks in ml.crm_outbox and their delivery.")
+app.add_typer(crm_app, name="crm")
+CrmDateOption = Annotated[
+    str, typer.Option("--date", help="Only this snapshot date, YYYY-MM-DD (default: every date).")
+]
+
+
+@crm_app.command("dispatch")
+def crm_dispatch(
+    snapshot_date: CrmDateOption = "",
+    requeue_dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--requeue-dead-letters",
+            help="Send the date's dead-lettered tasks again first (needs --date).",
+        ),
+    ] = False,
+) -> None:
+    """Send the pending tasks to RETENTION_CRM_WEBHOOK_URL (without one: the date's CSV file
+    under the reports folder). Safe to repeat: a task is sent until it is delivered, always
+    under the same idempotency key."""
+    from retention_pipelines.core import audit, crm  # noqa: PLC0415
+
+    if requeue_dead_letters and not snapshot_date:
+        raise typer.BadParameter("--requeue-dead-letters needs --date", param_hint="--date")
+    settings = get_settings()
+    try:
+        config = crm.CrmConfig.from_settings(settings)
+    except crm.CrmConfigError as error:
+        console.print(f"[red]{error}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    handoffs = crm.dispatch(
+        database.settings_database_url(settings),
+        config,
+        actor=audit.cli_actor(),
+        snapshot_date=_parse_date(snapshot_date) if snapshot_date else None,
+        requeue_dead_letters=requeue_dead_letters,
+    )
+    if not handoffs:
+        console.print("no pending tasks", highlight=False)
+    for handoff in handoffs:
+        console.print(
+            f"{handoff.snapshot_date}: {handoff.sent} sent, {handoff.dead_letter} dead-lettered,"
+            f" {handoff.pending} pending ({handoff.destination})",
+            highlight=False,
+        )
+        if handoff.stopped:
+            console.print(f"[red]{handoff.stopped}: run this again later[/red]", highlight=False)
+            raise typer.Exit(1)
+
+
+@crm_app.command("status")
+def crm_status(snapshot_date: CrmDateOption = "") -> None:
+    """Tasks per status of the latest dates (counts only)."""
+    from retention_pipelines.core import crm  # noqa: PLC0415
+
+    url = database.settings_database_url(get_settings())
+    day = _parse_date(snapshot_date) if snapshot_date else None
+    table = Table(title="CRM hand-off (ml.crm_outbox)")
+    for column in ("date", "pending", "sent", "dead_letter", "last sent"):
+        table.add_column(column, justify="left" if column == "date" else "right")
+    for row in crm.status_by_date(url, day).itertuples(index=False):
+        last = f"{row.last_sent_at:%Y-%m-%d %H:%M}" if row.last_sent_at is not None else ""
+        table.add_row(str(row.snapshot_date), str(row.pending), str(row.sent),
+                      str(row.dead_letter), last)  # fmt: skip
+    console.print(table)
