@@ -1040,7 +1040,7 @@ def _stage_ingestion(params: dict[str, str]) -> dict[str, Any]:
         chunks=read_validated_chunks(path, chunk_rows=settings.ingest_chunk_rows),
     )
     raw.partition_counts(params["url"], day)
-    raw.preview_partition(params["url"], day)
+    raw.partition_profile(params["url"], day)
     return {
         "rows": summary.rows_read,
         "rows_written": summary.rows_valid + summary.rows_rejected,
@@ -1108,6 +1108,17 @@ def _stage_quality(params: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _pseudonym_key() -> bytes:
+    """The platform's key, or, on a server without one (the benchmark's databases are its
+    own and dropped), a key of this run's: the summary's pseudonyms are computed the same."""
+    from retention_pipelines.core.pseudonyms import PseudonymKeyError, pseudonym_key  # noqa: PLC0415
+
+    try:
+        return pseudonym_key(get_settings())
+    except PseudonymKeyError:
+        return uuid.uuid4().hex.encode()
+
+
 def _stage_scoring(params: dict[str, str]) -> dict[str, Any]:
     from mlflow import MlflowClient  # noqa: PLC0415
 
@@ -1129,7 +1140,7 @@ def _stage_scoring(params: dict[str, str]) -> dict[str, Any]:
         reuse_unchanged=settings.reuse_unchanged,
         exact_gap=settings.exact_gap,
     )
-    scoring.summarize_scores(params["url"], day)
+    scoring.summarize_scores(params["url"], day, key=_pseudonym_key())
     checks = scoring.check_scores(params["url"], day, version)
     return {
         "rows": outcome.rows,
