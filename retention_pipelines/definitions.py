@@ -51,8 +51,6 @@ def load_definitions() -> dg.Definitions:
         sensors=[drift_retrain_sensor],
         resources={
             **resources_from_settings(settings, features.retention_dbt_project),
-            "data_retention_policy": data_retention.DataRetentionResource.from_settings(settings),
-            **crm.crm_resources(settings),
             # Step outputs as files, a training split as a reference to its warehouse rows.
             "io_manager": step_output_io_manager,
         },

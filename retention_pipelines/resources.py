@@ -1,7 +1,8 @@
 """Dagster resources: how settings reach assets, checks and sensors.
 
 Each resource is one group of settings with the behaviour that goes with it (the warehouse
-and its dbt connection, the landing area, MLflow, training, scoring, monitoring). Their
+and its dbt connection, the landing area, MLflow, training, scoring, monitoring, the CRM
+hand-off, data retention). Their
 defaults are the settings' defaults; :func:`resources_from_settings` builds them from the
 environment when the code location loads, so the Dagster UI shows the values a run uses, and
 tests build them with values of their own. Secrets enter as ``EnvVar``: the UI shows the
@@ -25,7 +26,8 @@ from dagster_dbt import DbtCliResource, DbtProject
 from mlflow import MlflowClient
 from pydantic import Field, PrivateAttr
 
-from retention_pipelines.core import database
+from retention_pipelines.core import data_retention, database
+from retention_pipelines.core.crm import CrmConfig, Selection
 from retention_pipelines.core.database import prepared_database_url
 from retention_pipelines.core.drift import DriftConfig
 from retention_pipelines.core.ingestion import LandingFormat, find_landing_file
@@ -254,6 +256,78 @@ class MonitoringResource(_SettingsResource):
         return Path(self.reports_dir) / "data_docs"
 
 
+class DataRetentionResource(_SettingsResource):
+    """How long each table keeps its rows (``RETENTION_KEEP_*_DAYS``), what "today" is, and
+    where the CRM files are."""
+
+    keep_raw_days: int = _setting("keep_raw_days")
+    keep_features_days: int = _setting("keep_features_days")
+    keep_scores_days: int = _setting("keep_scores_days")
+    keep_prediction_log_days: int = _setting("keep_prediction_log_days")
+    keep_crm_outbox_days: int = _setting("keep_crm_outbox_days")
+    timezone: str = _setting("timezone")
+    crm_dir: str = Field(description="Where the CRM hand-off files are written.")
+
+    def policy(self) -> data_retention.RetentionPolicy:
+        return data_retention.retention_policy(
+            keep_raw_days=self.keep_raw_days,
+            keep_features_days=self.keep_features_days,
+            keep_scores_days=self.keep_scores_days,
+            keep_prediction_log_days=self.keep_prediction_log_days,
+            keep_crm_outbox_days=self.keep_crm_outbox_days,
+            timezone=self.timezone,
+            crm_dir=Path(self.crm_dir),
+        )
+
+
+class CrmResource(_SettingsResource):
+    """Who is handed off to the CRM, and how the tasks are delivered."""
+
+    webhook_url: str | None = Field(
+        default=None, description="Where tasks are POSTed; unset: a CSV file under crm_dir."
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="Key of the HMAC-SHA256 signature of each request body."
+    )
+    crm_dir: str = Field(description="Where the CSV files go without a webhook.")
+    min_rise: float = _setting("crm_min_rise")
+    cooldown_days: int = _setting("crm_cooldown_days")
+    daily_capacity: int = _setting("crm_daily_capacity")
+    batch_size: int = _setting("crm_batch_size")
+    timeout_s: float = _setting("crm_timeout_s")
+    max_attempts: int = _setting("crm_max_attempts")
+    max_backoff_s: float = _setting("crm_max_backoff_s")
+
+    def config(self) -> CrmConfig:
+        return CrmConfig.of(
+            selection=Selection(
+                min_rise=self.min_rise,
+                cooldown_days=self.cooldown_days,
+                daily_capacity=self.daily_capacity,
+            ),
+            webhook_url=self.webhook_url,
+            webhook_secret=self.webhook_secret,
+            crm_dir=Path(self.crm_dir),
+            batch_size=self.batch_size,
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            max_backoff_s=self.max_backoff_s,
+        )
+
+
+def crm_resource(settings: RetentionSettings) -> CrmResource:
+    """The hand-off's resource, from the settings; the webhook's URL (it may hold a token)
+    and secret enter as the names of their variables."""
+    return CrmResource.from_settings(
+        settings,
+        webhook_url=dg.EnvVar("RETENTION_CRM_WEBHOOK_URL") if settings.crm_webhook_url else None,
+        webhook_secret=(
+            dg.EnvVar("RETENTION_CRM_WEBHOOK_SECRET") if settings.crm_webhook_secret else None
+        ),
+        crm_dir=str(settings.crm_dir),
+    )
+
+
 def dbt_executable() -> str:
     """dbt from PATH, else the one installed beside this interpreter (a venv not activated)."""
     return shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
@@ -293,6 +367,10 @@ def resources_from_settings(settings: RetentionSettings, dbt: DbtProject) -> dic
         "scoring": ScoringResource.from_settings(settings),
         "monitoring": MonitoringResource.from_settings(
             settings, reports_dir=str(settings.resolved_reports_dir)
+        ),
+        "crm": crm_resource(settings),
+        "data_retention_policy": DataRetentionResource.from_settings(
+            settings, crm_dir=str(settings.crm_dir)
         ),
         "dbt": dbt_resource(dbt),
     }

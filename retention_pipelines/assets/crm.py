@@ -2,11 +2,8 @@
 (``ml.crm_outbox``, then the webhook or the date's CSV file)."""
 
 from datetime import date
-from pathlib import Path
-from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from retention_pipelines.assets import metadata
 from retention_pipelines.assets.partitions import daily_partitions, one_partition_per_run
@@ -15,7 +12,6 @@ from retention_pipelines.core.audit import run_actor
 from retention_pipelines.core.crm import (
     CrmConfig,
     Handoff,
-    Selection,
     csv_path,
     dispatch,
     revenue_at_risk,
@@ -25,64 +21,12 @@ from retention_pipelines.core.crm import (
 )
 from retention_pipelines.core.pseudonyms import pseudonym_key
 from retention_pipelines.core.warehouse.crm_outbox import SelectionOutcome
-from retention_pipelines.resources import WarehouseResource, _setting, _SettingsResource
-from retention_pipelines.settings import RetentionSettings, get_settings
+from retention_pipelines.resources import CrmResource, WarehouseResource
+from retention_pipelines.settings import get_settings
 
 GROUP = "crm"
 ASSET = "crm_retention_tasks"
 DELIVERED = "crm_tasks_delivered"
-
-
-class CrmResource(_SettingsResource):
-    """Who is handed off to the CRM, and how the tasks are delivered."""
-
-    webhook_url: str | None = Field(
-        default=None, description="Where tasks are POSTed; unset: a CSV file under crm_dir."
-    )
-    webhook_secret: str | None = Field(
-        default=None, description="Key of the HMAC-SHA256 signature of each request body."
-    )
-    crm_dir: str = Field(description="Where the CSV files go without a webhook.")
-    min_rise: float = _setting("crm_min_rise")
-    cooldown_days: int = _setting("crm_cooldown_days")
-    daily_capacity: int = _setting("crm_daily_capacity")
-    batch_size: int = _setting("crm_batch_size")
-    timeout_s: float = _setting("crm_timeout_s")
-    max_attempts: int = _setting("crm_max_attempts")
-    max_backoff_s: float = _setting("crm_max_backoff_s")
-
-    def config(self) -> CrmConfig:
-        return CrmConfig.of(
-            selection=Selection(
-                min_rise=self.min_rise,
-                cooldown_days=self.cooldown_days,
-                daily_capacity=self.daily_capacity,
-            ),
-            webhook_url=self.webhook_url,
-            webhook_secret=self.webhook_secret,
-            crm_dir=Path(self.crm_dir),
-            batch_size=self.batch_size,
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            max_backoff_s=self.max_backoff_s,
-        )
-
-
-def crm_resources(settings: RetentionSettings) -> dict[str, Any]:
-    """The hand-off's resource, from the settings; the webhook's URL (it may hold a token)
-    and secret enter as the names of their variables."""
-    return {
-        "crm": CrmResource.from_settings(
-            settings,
-            webhook_url=dg.EnvVar("RETENTION_CRM_WEBHOOK_URL")
-            if settings.crm_webhook_url
-            else None,
-            webhook_secret=(
-                dg.EnvVar("RETENTION_CRM_WEBHOOK_SECRET") if settings.crm_webhook_secret else None
-            ),
-            crm_dir=str(settings.crm_dir),
-        )
-    }
 
 
 @dg.asset(

@@ -1,59 +1,16 @@
 """Governance: the daily purge of what is past its retention (``core.data_retention``)."""
 
-from pathlib import Path
-from typing import Any
-
 import dagster as dg
-from pydantic import Field
 
 from retention_pipelines.assets import metadata
 from retention_pipelines.core import audit, data_retention
-from retention_pipelines.resources import MlflowResource, WarehouseResource
-from retention_pipelines.settings import RetentionSettings
+from retention_pipelines.resources import (
+    DataRetentionResource,
+    MlflowResource,
+    WarehouseResource,
+)
 
 GROUP = "governance"
-
-
-def _setting(name: str) -> Any:
-    """A field holding the setting ``name``, with its default and description."""
-    info = RetentionSettings.model_fields[name]
-    return Field(default=info.default, description=info.description)
-
-
-class DataRetentionResource(dg.ConfigurableResource):
-    """How long each table keeps its rows (``RETENTION_KEEP_*_DAYS``), what "today" is, and
-    where the CRM files are."""
-
-    keep_raw_days: int = _setting("keep_raw_days")
-    keep_features_days: int = _setting("keep_features_days")
-    keep_scores_days: int = _setting("keep_scores_days")
-    keep_prediction_log_days: int = _setting("keep_prediction_log_days")
-    keep_crm_outbox_days: int = _setting("keep_crm_outbox_days")
-    timezone: str = _setting("timezone")
-    crm_dir: str = Field(description="Where the CRM hand-off files are written.")
-
-    @classmethod
-    def from_settings(cls, settings: RetentionSettings) -> "DataRetentionResource":
-        return cls(
-            keep_raw_days=settings.keep_raw_days,
-            keep_features_days=settings.keep_features_days,
-            keep_scores_days=settings.keep_scores_days,
-            keep_prediction_log_days=settings.keep_prediction_log_days,
-            keep_crm_outbox_days=settings.keep_crm_outbox_days,
-            timezone=settings.timezone,
-            crm_dir=str(settings.crm_dir),
-        )
-
-    def policy(self) -> data_retention.RetentionPolicy:
-        return data_retention.retention_policy(
-            keep_raw_days=self.keep_raw_days,
-            keep_features_days=self.keep_features_days,
-            keep_scores_days=self.keep_scores_days,
-            keep_prediction_log_days=self.keep_prediction_log_days,
-            keep_crm_outbox_days=self.keep_crm_outbox_days,
-            timezone=self.timezone,
-            crm_dir=Path(self.crm_dir),
-        )
 
 
 @dg.asset(group_name=GROUP, kinds={"postgres"})

@@ -285,18 +285,18 @@ def test_a_dispatcher_killed_mid_batch_and_run_again_sends_nothing_twice(
 def test_the_webhook_url_and_secret_reach_the_ui_as_the_names_of_their_variables(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from retention_pipelines.assets.crm import crm_resources  # noqa: PLC0415
+    from retention_pipelines.resources import crm_resource  # noqa: PLC0415
     from retention_pipelines.settings import RetentionSettings  # noqa: PLC0415
 
     monkeypatch.setenv("RETENTION_CRM_WEBHOOK_URL", "https://crm.example.com/hook?token=t0k")
     monkeypatch.setenv("RETENTION_CRM_WEBHOOK_SECRET", "s3cret")
     monkeypatch.setenv("RETENTION_CRM_DAILY_CAPACITY", "7")
     monkeypatch.setenv("RETENTION_HOME_DIR", str(tmp_path))
-    resource = crm_resources(RetentionSettings())["crm"]
+    resource = crm_resource(RetentionSettings())
     assert resource.webhook_url.env_var_name == "RETENTION_CRM_WEBHOOK_URL"
     assert resource.webhook_secret.env_var_name == "RETENTION_CRM_WEBHOOK_SECRET"
     assert (resource.daily_capacity, resource.crm_dir) == (7, str(tmp_path / "reports" / "crm"))
     monkeypatch.delenv("RETENTION_CRM_WEBHOOK_URL")
     monkeypatch.delenv("RETENTION_CRM_WEBHOOK_SECRET")
-    unset = crm_resources(RetentionSettings())["crm"]
+    unset = crm_resource(RetentionSettings())
     assert (unset.webhook_url, unset.config().webhook) == (None, None)

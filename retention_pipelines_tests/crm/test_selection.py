@@ -17,12 +17,12 @@ import dagster as dg
 import psycopg
 import pytest
 
-from retention_pipelines.assets.crm import ASSET, DELIVERED, CrmResource, crm_retention_tasks
+from retention_pipelines.assets.crm import ASSET, DELIVERED, crm_retention_tasks
 from retention_pipelines.core import audit, crm
 from retention_pipelines.core.pseudonyms import display
 from retention_pipelines.core.warehouse.crm_outbox import task_key
 from retention_pipelines.core.warehouse.scores import SCORE_COLUMNS
-from retention_pipelines.resources import WarehouseResource
+from retention_pipelines.resources import CrmResource, WarehouseResource
 from retention_pipelines_tests.crm.receiver import Receiver
 from retention_pipelines_tests.helpers import TELCO_DAY
 

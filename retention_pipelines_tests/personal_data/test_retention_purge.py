@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from retention_pipelines import cli
-from retention_pipelines.assets.data_retention import DataRetentionResource, data_retention_purge
+from retention_pipelines.assets.data_retention import data_retention_purge
 from retention_pipelines.core import audit, data_retention, registry
 from retention_pipelines.core.warehouse.streams import lock_partition
 from retention_pipelines.core.warehouse.tables import (
@@ -33,7 +33,7 @@ from retention_pipelines.core.warehouse.tables import (
     RAW_REJECTS,
     RAW_SNAPSHOTS,
 )
-from retention_pipelines.resources import MlflowResource, WarehouseResource
+from retention_pipelines.resources import DataRetentionResource, MlflowResource, WarehouseResource
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.helpers import TELCO_DAY, register_champion
 
