@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import psycopg
 
@@ -29,16 +29,7 @@ AuditKind = Literal[
     "erasure",
     "purge",
 ]
-KINDS: Final[tuple[AuditKind, ...]] = (
-    "promotion",
-    "rollback",
-    "gate_refusal",
-    "api_key_created",
-    "api_key_revoked",
-    "crm_handoff",
-    "erasure",
-    "purge",
-)
+KINDS: Final[tuple[AuditKind, ...]] = get_args(AuditKind)
 
 
 @dataclass(frozen=True)

@@ -74,20 +74,10 @@ _BODY_CHARS: Final = 500
 # Answers that speak of the receiver, not of the request: retried, and when retries are spent
 # the dispatch stops with the tasks still pending (a 500 may be one task's fault: split).
 _UNAVAILABLE: Final = frozenset({httpx.codes.TOO_MANY_REQUESTS, httpx.codes.SERVICE_UNAVAILABLE})
+# A task's columns, its priority first: the order the retention team works the file in.
 CSV_COLUMNS: Final[tuple[str, ...]] = (
     "priority",
-    "idempotency_key",
-    "snapshot_date",
-    "customer_id",
-    "handoff_reason",
-    "churn_probability",
-    "previous_probability",
-    "risk_band",
-    "monthly_charges",
-    "revenue_at_risk",
-    "talking_points",
-    "model_name",
-    "model_version",
+    *(column for column in outbox.TASK_COLUMNS if column != "priority"),
 )
 
 
