@@ -39,7 +39,7 @@ SCORE_JOB = "nightly_scoring_job"
 FEATURE_ASSET = dg.AssetKey("customer_features")
 # What the scoring stage runs of nightly_scoring_job: the night without its ingestion and
 # features, which the build stage has just made (or made earlier today).
-SCORE_GROUPS = ("scoring", "analytics", "monitoring")
+SCORE_GROUPS = ("scoring", "analytics", "monitoring", "crm")
 CANDIDATES_ASSET = "churn_model_candidates"
 BANDS = ("high", "medium", "low")
 
@@ -239,7 +239,7 @@ def _generate_landing_file(landing: Path, customers: int, today: date) -> None:
 
 def scoring_assets() -> list[dg.AssetKey]:
     """The assets of nightly_scoring_job after the features: scores, what business users
-    read, drift and realised performance."""
+    read, drift, realised performance and the CRM hand-off."""
     from retention_pipelines.definitions import load_definitions  # noqa: PLC0415
 
     graph = load_definitions().resolve_asset_graph()
