@@ -86,7 +86,8 @@ METRICS: Final[dict[str, str]] = {
     ),
     "ingested_rows": (
         "Rows of the latest ingested landing file by where they went: valid (raw."
-        "customer_snapshots), rejected (raw.customer_rejects), duplicate (collapsed)."
+        "customer_snapshots), rejected (raw.customer_rejects), duplicate (collapsed), "
+        "suppressed (erased customers, left out)."
     ),
     "reject_share": "Rejected rows over rows read, on the latest ingested date.",
     "reject_share_threshold": (
@@ -344,6 +345,7 @@ def _ingestion_figures(
     rows.add_metric(["valid"], ingestion.rows_valid)
     rows.add_metric(["rejected"], ingestion.rows_rejected)
     rows.add_metric(["duplicate"], ingestion.duplicates_collapsed)
+    rows.add_metric(["suppressed"], ingestion.rows_suppressed)
     yield rows
     yield _gauge("reject_share", ingestion.reject_share)
 

@@ -13,6 +13,7 @@ from retention_pipelines.core.ingestion import (
     check_landing_file,
     read_validated_chunks,
 )
+from retention_pipelines.core.pseudonyms import pseudonym_key
 from retention_pipelines.core.warehouse.raw import (
     IngestionSummary,
     PartitionCounts,
@@ -21,6 +22,7 @@ from retention_pipelines.core.warehouse.raw import (
     replace_snapshot_partition,
 )
 from retention_pipelines.resources import LandingResource, WarehouseResource
+from retention_pipelines.settings import get_settings
 
 ASSET = "raw_customer_snapshot"
 RECONCILE_CHECK = "rows_reconcile"
@@ -40,8 +42,8 @@ REJECT_SHARE_CHECK = "reject_share_below_threshold"
             asset=ASSET,
             blocking=True,
             description=(
-                "The file's data lines = rows read = valid + rejected + collapsed duplicates,"
-                " counted in the tables."
+                "The file's data lines = rows read = valid + rejected + collapsed duplicates"
+                " + rows of erased customers left out, counted in the tables."
             ),
         ),
         dg.AssetCheckSpec(
@@ -57,8 +59,10 @@ def raw_customer_snapshot(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingResource
 ) -> dg.MaterializeResult:
     """The day's customer snapshot in ``raw.customer_snapshots``; bad rows in
-    ``raw.customer_rejects`` with every reason. The partition is replaced whole."""
+    ``raw.customer_rejects`` with every reason; erased customers' rows left out, counted.
+    The partition is replaced whole."""
     snapshot_date = date.fromisoformat(context.partition_key)
+    key = pseudonym_key(get_settings())  # recognises erased customers; a missing key fails here
     path = landing.path_for(snapshot_date)
     if not path.exists():
         raise dg.Failure(
@@ -78,10 +82,12 @@ def raw_customer_snapshot(
         facts=facts,
         chunks=read_validated_chunks(path, chunk_rows=landing.chunk_rows, fmt=fmt),
         on_chunk=lambda rows: _observe_rows(context, path.name, rows),
+        pseudonym_key=key,
     )
     context.log.info(
         f"{summary.rows_valid:,} valid, {summary.rows_rejected:,} rejected, "
-        f"{summary.duplicates_collapsed:,} duplicates collapsed of {summary.rows_read:,} read"
+        f"{summary.duplicates_collapsed:,} duplicates collapsed, {summary.rows_suppressed:,} "
+        f"of erased customers left out, of {summary.rows_read:,} read"
         f" ({summary.blank_lines:,} blank lines skipped)"
     )
     return dg.MaterializeResult(
@@ -113,6 +119,7 @@ def _metadata(summary: IngestionSummary, path: str, profile: pd.DataFrame) -> di
         "rows_valid": summary.rows_valid,
         "rows_rejected": summary.rows_rejected,
         "duplicates_collapsed": summary.duplicates_collapsed,
+        "rows_suppressed": summary.rows_suppressed,
         "blank_lines": summary.blank_lines,
         "reject_share": dg.MetadataValue.float(round(summary.reject_share, 6)),
         "reject_reasons": metadata.table(reasons),
@@ -136,6 +143,7 @@ def _reconcile_result(counts: PartitionCounts | None, data_lines: int) -> dg.Ass
             "rows_valid": counts.rows_valid,
             "rows_rejected": counts.rows_rejected,
             "duplicates_collapsed": counts.duplicates_collapsed,
+            "rows_suppressed": counts.rows_suppressed,
         },
     )
 

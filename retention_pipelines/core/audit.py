@@ -1,5 +1,5 @@
 """The audit log (``ops.audit_log``): who changed the model or the keys, what was handed to
-the CRM, what personal data was erased or purged, and why.
+the CRM, what personal data was erased or purged (and whose erasure was lifted), and why.
 
 Append-only: the table's triggers refuse updates, deletes and truncation to every role, the
 platform's own included. An entry about a customer names them by pseudonym, never by id.
@@ -27,6 +27,7 @@ AuditKind = Literal[
     "api_key_revoked",
     "crm_handoff",
     "erasure",
+    "erasure_lifted",
     "purge",
 ]
 KINDS: Final[tuple[AuditKind, ...]] = get_args(AuditKind)
@@ -61,16 +62,18 @@ def record(
     actor: str,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
-) -> None:
+) -> int:
     """Append an entry in ``conn``'s transaction: it is kept exactly when the change it
-    describes is committed."""
+    describes is committed. Returns its ``audit_id``, for a row that refers to it."""
     if kind not in KINDS:
         raise ValueError(f"unknown audit kind {kind!r}: one of {', '.join(KINDS)}")
-    conn.execute(
+    row = conn.execute(
         f"insert into {AUDIT_LOG} (kind, actor, subject, reason, details)"
-        " values (%s, %s, %s, %s, %s::jsonb)",
+        " values (%s, %s, %s, %s, %s::jsonb) returning audit_id",
         (kind, actor, subject, reason, json.dumps(dict(details or {}), default=str)),
-    )
+    ).fetchone()
+    assert row is not None  # noqa: S101  # an insert returning a row returns one
+    return int(row[0])
 
 
 def record_now(

@@ -420,6 +420,103 @@ def read_validated_chunks(
         yield validate_text_rows(chunk)
 
 
+class SuppressionKeyError(RuntimeError):
+    """Erased customers are listed and no pseudonym key was given to recognise them."""
+
+
+# A customer id's shape anywhere in a quarantined row's record, overlapping matches included.
+_ID_SHAPE: Final = re.compile(r"(?=(\d{4}-[A-Za-z]{5}))")
+_SHA256_BLOCK_BYTES: Final = 64
+
+
+def pseudonym_digests(customer_ids: Sequence[str], key: bytes) -> list[bytes]:
+    """Each id's full pseudonym (``pseudonyms.pseudonym``) as its 32 bytes.
+
+    HMAC-SHA256 written out: the key's two padded blocks are hashed once, and each id costs
+    two copies of those states and two short updates, half of what ``hmac.new`` per id
+    costs."""
+    if len(key) > _SHA256_BLOCK_BYTES:
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(_SHA256_BLOCK_BYTES, b"\0")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded)).copy
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded)).copy
+    digests: list[bytes] = []
+    append = digests.append
+    for customer_id in customer_ids:
+        first = inner()
+        first.update(customer_id.encode("utf-8"))
+        second = outer()
+        second.update(first.digest())
+        append(second.digest())
+    return digests
+
+
+class Suppression:
+    """The customers ingestion leaves out: those erased on request, listed by the full
+    pseudonym of their id (``ops.erased_customers``), never by id.
+
+    A row is left out when its customer id's pseudonym is listed; a rejected row also when its
+    record holds a listed id anywhere (as erasure finds quarantined rows): stored as a reject,
+    its record would hold the customer again. An empty list costs nothing: no pseudonym is
+    computed, so none needs a key.
+    """
+
+    def __init__(self, pseudonyms: frozenset[str] = frozenset(), key: bytes | None = None):
+        if pseudonyms and key is None:
+            count = len(pseudonyms)
+            raise SuppressionKeyError(
+                f"the suppression list holds {count:,} erased customer{'s' * (count != 1)} and "
+                "no pseudonym key was given: without RETENTION_PSEUDONYM_KEY ingestion cannot "
+                "recognise them, and would store them again"
+            )
+        self._listed = frozenset(bytes.fromhex(pseudonym) for pseudonym in pseudonyms)
+        self._key = key or b""
+
+    def __len__(self) -> int:
+        return len(self._listed)
+
+    def drop(self, chunk: ValidatedChunk) -> tuple[ValidatedChunk, int]:
+        """The chunk without the listed customers' rows, valid or rejected, and how many
+        rows went; the chunk itself when none did."""
+        if not self._listed:
+            return chunk, 0
+        valid = self._is_listed(chunk.valid["customer_id"].tolist())
+        rejects = np.array(
+            [
+                self._mentions_listed(customer_id, record)
+                for customer_id, record in zip(
+                    chunk.rejects["customer_id"], chunk.rejects["record"], strict=True
+                )
+            ]
+            if len(chunk.rejects)
+            else [],
+            dtype=bool,
+        )
+        dropped = int(valid.sum() + rejects.sum())
+        if not dropped:
+            return chunk, 0
+        kept = ValidatedChunk(
+            valid=chunk.valid[~valid],
+            rejects=chunk.rejects[~rejects].reset_index(drop=True),
+            rows_read=chunk.rows_read,
+            blank_lines=chunk.blank_lines,
+        )
+        return kept, dropped
+
+    def _is_listed(self, customer_ids: Sequence[str]) -> np.ndarray:
+        listed = self._listed
+        digests = pseudonym_digests(customer_ids, self._key)
+        return np.fromiter((digest in listed for digest in digests), bool, len(digests))
+
+    def _mentions_listed(self, customer_id: object, record: str) -> bool:
+        """Whether the reject's parsed id, or an id-shaped text of its record (as written or
+        in capitals, the form ids have), is listed."""
+        candidates = {customer_id} if isinstance(customer_id, str) else set()
+        for found in _ID_SHAPE.findall(record):
+            candidates |= {found, found.upper()}
+        return bool(candidates) and bool(self._is_listed(sorted(candidates)).any())
+
+
 @dataclass(frozen=True)
 class _Line:
     row_number: int

@@ -62,9 +62,9 @@ from (values (date '2026-03-01', 100), (date '2026-03-02', 120)) as days (day, c
      generate_series(1, customers) as customer;
 
 insert into raw.ingestion_runs (snapshot_date, source, file_sha256, file_bytes, rows_read,
-                                rows_valid, rows_rejected, duplicates_collapsed)
-values ('2026-03-01', 'customers_2026-03-01.csv', 'a', 10, 100, 100, 0, 0),
-       ('2026-03-02', 'customers_2026-03-02.csv', 'b', 10, 130, 120, 8, 2);
+                                rows_valid, rows_rejected, duplicates_collapsed, rows_suppressed)
+values ('2026-03-01', 'customers_2026-03-01.csv', 'a', 10, 100, 100, 0, 0, 0),
+       ('2026-03-02', 'customers_2026-03-02.csv', 'b', 10, 131, 120, 8, 2, 1);
 
 insert into monitoring.drift_reports (snapshot_date, reference_model_version,
     reference_snapshots, reference_rows, current_rows, dataset_drift, drift_share,
@@ -224,7 +224,8 @@ def test_the_exported_figures_are_the_latest_rows_of_each_table(
     assert _value(samples, "ingested_rows", outcome="valid") == 120
     assert _value(samples, "ingested_rows", outcome="rejected") == 8
     assert _value(samples, "ingested_rows", outcome="duplicate") == 2
-    assert _value(samples, "reject_share") == pytest.approx(8 / 130)
+    assert _value(samples, "ingested_rows", outcome="suppressed") == 1
+    assert _value(samples, "reject_share") == pytest.approx(8 / 131)
     assert _value(samples, "reject_share_threshold") == 0.05
     assert _value(samples, "drift_report_date_timestamp_seconds") == _midnight("2026-03-02")
     assert _value(samples, "dataset_drift") == 1

@@ -197,17 +197,22 @@ def test_a_later_build_of_the_call_list_does_not_bring_them_back(
     assert _mentions(telco_warehouse, customers[0]) == {}
 
 
-def test_an_unknown_id_erases_nothing_says_so_and_records_nothing(
+def test_an_unknown_or_already_erased_id_erases_nothing_says_so_and_records_nothing(
     telco_warehouse: str, customers: tuple[str, str], platform_env: None
 ) -> None:
     last = audit.entries(telco_warehouse)
-    unknown = CliRunner().invoke(cli.app, ["forget", customers[0], "--reason", "twice"])
+    never_held = "0000-NOONE"
+    unknown = CliRunner().invoke(cli.app, ["forget", never_held, "--reason", "typo"])
     blank = CliRunner().invoke(cli.app, ["forget", "  ", "--reason", "typo"])
+    again = CliRunner().invoke(cli.app, ["forget", customers[0], "--reason", "twice"])
 
     assert unknown.exit_code == blank.exit_code == 1
     assert "no warehouse table holds that customer" in unknown.output
-    assert customers[0] not in unknown.output
+    assert never_held not in unknown.output
     assert "the customer id is empty" in blank.output
+    # Erased before: on the suppression list, in no table. Nothing to do, and said so.
+    assert again.exit_code == 0, again.output
+    assert "already erased" in again.output and customers[0] not in again.output
     assert audit.entries(telco_warehouse) == last
 
 

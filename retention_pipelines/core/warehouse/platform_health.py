@@ -84,7 +84,8 @@ scored as (
     left join score_writes on true
 ),
 ingested as (
-    select snapshot_date, rows_read, rows_valid, rows_rejected, duplicates_collapsed
+    select snapshot_date, rows_read, rows_valid, rows_rejected, duplicates_collapsed,
+        rows_suppressed
     from {INGESTION_RUNS}
     order by snapshot_date desc
     limit 1
@@ -140,6 +141,7 @@ select
     ingested.rows_valid,
     ingested.rows_rejected,
     ingested.duplicates_collapsed,
+    ingested.rows_suppressed,
     drift.snapshot_date as drift_date,
     drift.dataset_drift,
     drift.drift_share,
@@ -190,6 +192,7 @@ class Ingestion:
     rows_valid: int
     rows_rejected: int
     duplicates_collapsed: int
+    rows_suppressed: int  # rows of erased customers, left out
 
     @property
     def reject_share(self) -> float:
@@ -399,6 +402,7 @@ def _ingestion(row: dict[str, Any]) -> Ingestion | None:
         rows_valid=row["rows_valid"],
         rows_rejected=row["rows_rejected"],
         duplicates_collapsed=row["duplicates_collapsed"],
+        rows_suppressed=row["rows_suppressed"],
     )
 
 

@@ -5,6 +5,9 @@ there across the whole file, then the partition's old rows are deleted and the n
 inserted before a single commit, under the partition's advisory lock (two ingestions of one
 date take turns). A failure anywhere before that commit leaves the previous partition
 exactly as it was.
+
+The rows of erased customers (the suppression list, read once in the same transaction) are
+dropped from each chunk before it is copied anywhere, and counted.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import psycopg
 from psycopg import sql
 
 from retention_pipelines.core.database import connect
+from retention_pipelines.core.erasure import erased_pseudonyms
 from retention_pipelines.core.ingestion import (
     LandingFileFacts,
+    Suppression,
     ValidatedChunk,
     read_raw_records,
 )
@@ -48,7 +53,7 @@ create temp table stage_rejects (like {RAW_REJECTS} including defaults) on commi
 
 @dataclass
 class IngestionSummary:
-    """Where every row read went; ``rows_read`` always equals the sum of the other three."""
+    """Where every row read went; ``rows_read`` always equals the sum of the other four."""
 
     snapshot_date: date
     source: str
@@ -56,6 +61,7 @@ class IngestionSummary:
     rows_valid: int = 0
     rows_rejected: int = 0
     duplicates_collapsed: int = 0
+    rows_suppressed: int = 0  # rows of erased customers, left out
     conflicting_duplicate_rows: int = 0
     blank_lines: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
@@ -66,7 +72,9 @@ class IngestionSummary:
 
     @property
     def reconciles(self) -> bool:
-        return self.rows_read == self.rows_valid + self.rows_rejected + self.duplicates_collapsed
+        return self.rows_read == (
+            self.rows_valid + self.rows_rejected + self.duplicates_collapsed + self.rows_suppressed
+        )
 
 
 BeforeCommit = Callable[[psycopg.Connection], None]
@@ -80,18 +88,26 @@ def replace_snapshot_partition(
     chunks: Iterable[ValidatedChunk],
     on_chunk: Callable[[int], None] | None = None,
     before_commit: BeforeCommit | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> IngestionSummary:
-    """Load one landing file as the partition ``snapshot_date`` of the raw tables.
+    """Load one landing file as the partition ``snapshot_date`` of the raw tables, without
+    the rows of erased customers.
 
-    ``on_chunk`` is told the running count of rows read (progress); ``before_commit`` runs
-    inside the transaction just before it commits (tests inject failures there).
+    ``pseudonym_key`` recognises erased customers; without it, an ingestion while the
+    suppression list is not empty raises :class:`SuppressionKeyError` before writing
+    anything. ``on_chunk`` is told the running count of rows read (progress);
+    ``before_commit`` runs inside the transaction just before it commits (tests inject
+    failures there).
     """
     source = facts.path.name
     summary = IngestionSummary(snapshot_date=snapshot_date, source=source)
     with partition_transaction(url, RAW_SNAPSHOTS, snapshot_date) as conn:
+        suppression = Suppression(erased_pseudonyms(conn), pseudonym_key)
         conn.execute(_STAGE_DDL)
-        for chunk in chunks:
+        for validated in chunks:
+            chunk, suppressed = suppression.drop(validated)
             summary.rows_read += chunk.rows_read
+            summary.rows_suppressed += suppressed
             summary.blank_lines += chunk.blank_lines
             _copy_valid(conn, chunk, snapshot_date, source)
             _copy_rejects(conn, chunk.rejects, snapshot_date, source)
@@ -263,13 +279,14 @@ def _record_run(
     conn.execute(
         f"""
         insert into {INGESTION_RUNS} (snapshot_date, source, file_sha256, file_bytes, rows_read,
-            rows_valid, rows_rejected, duplicates_collapsed)
-        values (%s, %s, %s, %s, %s, %s, %s, %s)
+            rows_valid, rows_rejected, duplicates_collapsed, rows_suppressed)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s)
         on conflict (snapshot_date) do update set source = excluded.source,
             file_sha256 = excluded.file_sha256, file_bytes = excluded.file_bytes,
             rows_read = excluded.rows_read, rows_valid = excluded.rows_valid,
             rows_rejected = excluded.rows_rejected,
-            duplicates_collapsed = excluded.duplicates_collapsed, ingested_at = now()
+            duplicates_collapsed = excluded.duplicates_collapsed,
+            rows_suppressed = excluded.rows_suppressed, ingested_at = now()
         """,
         (
             summary.snapshot_date,
@@ -280,6 +297,7 @@ def _record_run(
             summary.rows_valid,
             summary.rows_rejected,
             summary.duplicates_collapsed,
+            summary.rows_suppressed,
         ),
     )
 
@@ -292,17 +310,20 @@ class PartitionCounts:
     rows_valid: int
     rows_rejected: int
     duplicates_collapsed: int
+    rows_suppressed: int = 0
 
     @property
     def reconciles(self) -> bool:
-        return self.rows_read == self.rows_valid + self.rows_rejected + self.duplicates_collapsed
+        return self.rows_read == (
+            self.rows_valid + self.rows_rejected + self.duplicates_collapsed + self.rows_suppressed
+        )
 
 
 def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
     """Counts read from the tables themselves, against what the ingestion run recorded."""
     with connect(url) as conn:
         run = conn.execute(
-            f"select rows_read, duplicates_collapsed from {INGESTION_RUNS}"
+            f"select rows_read, duplicates_collapsed, rows_suppressed from {INGESTION_RUNS}"
             " where snapshot_date = %s",
             (snapshot_date,),
         ).fetchone()
@@ -313,6 +334,7 @@ def partition_counts(url: str, snapshot_date: date) -> PartitionCounts | None:
             rows_valid=_count(conn, RAW_SNAPSHOTS, snapshot_date),
             rows_rejected=_count(conn, RAW_REJECTS, snapshot_date),
             duplicates_collapsed=int(run[1]),
+            rows_suppressed=int(run[2]),
         )
 
 
