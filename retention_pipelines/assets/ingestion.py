@@ -86,8 +86,8 @@ def raw_customer_snapshot(
     )
     context.log.info(
         f"{summary.rows_valid:,} valid, {summary.rows_rejected:,} rejected, "
-        f"{summary.duplicates_collapsed:,} duplicates collapsed, {summary.rows_suppressed:,} "
-        f"of erased customers left out, of {summary.rows_read:,} read"
+        f"{summary.duplicates_collapsed:,} duplicates collapsed and {summary.rows_suppressed:,}"
+        f" rows of erased customers left out, of {summary.rows_read:,} read"
         f" ({summary.blank_lines:,} blank lines skipped)"
     )
     return dg.MaterializeResult(
