@@ -736,10 +736,12 @@ def score(snapshot_date: DateOption = "", verbose: VerboseOption = False) -> Non
     bands = ", ".join(
         f"{scores.get(f'{band}_risk_customers', 0):,} {band}" for band in ("high", "medium", "low")
     )
+    suppressed = outcome.materialized.get("raw_customer_snapshot", {}).get("rows_suppressed", 0)
+    left_out = f" ({suppressed:,} rows of erased customers left out at ingestion)"
     _report_run(
         outcome,
         f"scored {scores.get('dagster/row_count', 0):,} customers of {day} with "
-        f"churn-model v{scores.get('model_version', '?')}: {bands}",
+        f"churn-model v{scores.get('model_version', '?')}: {bands}{left_out if suppressed else ''}",
     )
 
 
@@ -1100,14 +1102,26 @@ def _print_purge(plan: Any, result: Any) -> None:
 def forget(
     customer_id: Annotated[str, typer.Argument(help="The customer's id, as the warehouse has it.")],
     reason: ReasonOption,
+    allow_again: Annotated[
+        bool,
+        typer.Option(
+            "--allow-again",
+            help="Lift the erasure instead: take the customer off the suppression list, so "
+            "that ingestion stores them again (they are a customer again and consented).",
+        ),
+    ] = False,
 ) -> None:
-    """Erase a customer from every warehouse table in one transaction; the audit log records
-    it by pseudonym. Models trained before keep their weights: retrain to remove their
+    """Erase a customer from every warehouse table in one transaction and keep ingestion from
+    storing them again (a suppression list, by pseudonym); the audit log records it by
+    pseudonym. Models trained before keep their weights: retrain to remove their
     influence."""
     from retention_pipelines.core import audit, erasure, pseudonyms  # noqa: PLC0415
 
     settings = get_settings()
     url = database.settings_database_url(settings)
+    if allow_again:
+        _allow_again(url, customer_id, reason)
+        return
     try:
         erased = erasure.forget_customer(
             url,
@@ -1120,6 +1134,14 @@ def forget(
     except (LookupError, ValueError, pseudonyms.PseudonymKeyError) as error:
         console.print(f"[red]not erased: {error}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
+    if erased.already_erased:
+        console.print(
+            f"Customer {erased.pseudonym} is already erased (on the suppression list since "
+            f"{erased.erased_at:%Y-%m-%d %H:%M}): no table holds them; nothing to do.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     table = Table(title=f"Customer {erased.pseudonym} erased")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -1128,8 +1150,32 @@ def forget(
     console.print(table)
     console.print(
         f"{erased.total:,} rows removed in one transaction; recorded in the audit log as "
-        f"{erased.pseudonym}. Models trained before keep their weights: retrain "
+        f"{erased.pseudonym}; ingestion leaves the customer out from now on (lift with "
+        "`retention forget --allow-again`). Models trained before keep their weights: retrain "
         "(`retention train`) for a champion that never saw this customer.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _allow_again(url: str, customer_id: str, reason: str) -> None:
+    from retention_pipelines.core import audit, erasure, pseudonyms  # noqa: PLC0415
+
+    try:
+        lifted = erasure.allow_again(
+            url,
+            customer_id,
+            reason=reason,
+            actor=audit.cli_actor(),
+            key=pseudonyms.pseudonym_key(get_settings()),
+        )
+    except (LookupError, ValueError, pseudonyms.PseudonymKeyError) as error:
+        console.print(f"[red]not lifted: {error}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    console.print(
+        f"Customer {lifted.pseudonym} is off the suppression list (erased "
+        f"{lifted.erased_at:%Y-%m-%d %H:%M}): the next ingestion of a file that holds them "
+        "stores them again. Recorded in the audit log.",
         highlight=False,
         soft_wrap=True,
     )

@@ -44,13 +44,12 @@ from retention_pipelines.core.warehouse.tables import (
     CRM_OUTBOX,
     CUSTOMER_FEATURES,
     CUSTOMER_RISK_LATEST,
+    ERASED_CUSTOMERS,
     PREDICTION_LOG,
     RAW_REJECTS,
     RAW_SNAPSHOTS,
 )
 
-# The suppression list: erased customers by full pseudonym.
-ERASED_CUSTOMERS: Final = "ops.erased_customers"
 # Locked in this order, the order their writers take them; tables found besides follow.
 _WRITE_ORDER: Final = (
     RAW_SNAPSHOTS,

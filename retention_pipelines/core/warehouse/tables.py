@@ -18,3 +18,5 @@ API_KEYS: Final = "ops.api_keys"
 PREDICTION_LOG: Final = "ml.prediction_log"
 AUDIT_LOG: Final = "ops.audit_log"
 CRM_OUTBOX: Final = "ml.crm_outbox"
+# The suppression list: erased customers by full pseudonym, never by id.
+ERASED_CUSTOMERS: Final = "ops.erased_customers"
