@@ -197,6 +197,7 @@ def build_state(settings: RetentionSettings, metrics: Any) -> ServingState:
         ),
         log_writer=PredictionLogWriter(
             owner_url,
+            pseudonym_key=pseudonym_key(settings),
             max_rows=settings.api_log_queue_rows,
             batch_rows=settings.api_log_batch_rows,
             flush_s=settings.api_log_flush_s,

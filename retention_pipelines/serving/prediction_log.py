@@ -1,7 +1,12 @@
 """The prediction log's writer: answers queue in memory and a background thread copies them
 into ``ml.prediction_log`` in batches. A request only appends to a bounded queue; when
 Postgres is slow or down the queue fills and what does not fit, or a batch that cannot be
-written, is dropped and counted, never raised to a client."""
+written, is dropped and counted, never raised to a client.
+
+Answers about erased customers (on the suppression list, ``ops.erased_customers``) are
+answered but not logged: the log would hold the customer again. Each batch reads the list in
+its own transaction, locked as ingestion locks it, so an erasure waits for a batch being
+written and then removes it, and a batch written after the erasure leaves the customer out."""
 
 from __future__ import annotations
 
@@ -11,16 +16,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from retention_pipelines.core.database import connect
+from retention_pipelines.core.erasure import erased_pseudonyms
+from retention_pipelines.core.pseudonyms import pseudonym
 from retention_pipelines.core.warehouse.prediction_log import LoggedPrediction, copy_predictions
 
 logger = logging.getLogger(__name__)
 
 QUEUE_FULL: Final = "queue full"
 DATABASE_ERROR: Final = "database error"
-DROP_REASONS: Final = (QUEUE_FULL, DATABASE_ERROR)
+ERASED_CUSTOMER: Final = "erased customer"
+DROP_REASONS: Final = (QUEUE_FULL, DATABASE_ERROR, ERASED_CUSTOMER)
 # Seconds a connection attempt of the writer may take: it must notice an outage, not wait it out.
 _CONNECT_TIMEOUT_S = 3
 
@@ -48,6 +56,7 @@ class PredictionLogWriter:
     """A bounded queue of rows and the thread that copies them (``start``/``stop``)."""
 
     url: str
+    pseudonym_key: bytes
     max_rows: int = 100_000
     batch_rows: int = 5_000
     flush_s: float = 1.0
@@ -107,11 +116,24 @@ class PredictionLogWriter:
     def _write(self, batch: list[LoggedPrediction]) -> None:
         try:
             with connect(self.url, retry_s=0, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
-                copy_predictions(conn, batch)
+                kept = self._without_erased(conn, batch)
+                if kept:
+                    copy_predictions(conn, kept)
         except Exception as error:  # an outage or a bad row: count and go on
             self._drop(len(batch), DATABASE_ERROR, error)
             return
-        self.counters.add_written(len(batch))
+        if len(kept) < len(batch):
+            self.counters.add_dropped(len(batch) - len(kept), ERASED_CUSTOMER)
+        self.counters.add_written(len(kept))
+
+    def _without_erased(self, conn: Any, batch: list[LoggedPrediction]) -> list[LoggedPrediction]:
+        """The rows of ``batch`` not about an erased customer (no pseudonym computed while
+        the suppression list is empty)."""
+        erased = erased_pseudonyms(conn)
+        if not erased:
+            return batch
+        key = self.pseudonym_key
+        return [row for row in batch if pseudonym(row.customer_id, key) not in erased]
 
     def _drop(self, rows: int, reason: str, error: BaseException | None = None) -> None:
         self.counters.add_dropped(rows, reason)

@@ -16,8 +16,10 @@ from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
 from retention_pipelines import cli
-from retention_pipelines.core import api_keys, audit, registry
+from retention_pipelines.core import api_keys, audit, erasure, registry
 from retention_pipelines.core.explain import feature_of
+from retention_pipelines.core.pseudonyms import pseudonym_key
+from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.churn_models import constant_churn_model
 from retention_pipelines_tests.serving import api
 from retention_pipelines_tests.serving.conftest import NightlyScore
@@ -456,6 +458,32 @@ def test_every_answer_is_written_to_the_prediction_log(
         assert row["risk_band"] == "high"
         assert row["latency_ms"] > 0
         assert row["api_key_id"] == key.key_id
+
+
+def test_an_erased_customer_is_answered_but_no_longer_logged(
+    client: TestClient, platform: api.ServingPlatform
+) -> None:
+    key = api.create_key(platform)
+    api.refresh_keys(client)
+    before = _predict(client, key, api.customer("0004-ERASD")).json()["request_id"]
+    api.wait_for(lambda: _logged(platform.url, [before]))
+    erased = erasure.forget_customer(
+        platform.url,
+        "0004-ERASD",
+        reason="erasure request",
+        actor="cli:test",
+        key=pseudonym_key(get_settings()),
+    )
+    assert erased.rows["ml.prediction_log"] == 1
+
+    after = _predict(client, key, api.customer("0004-ERASD"))
+    assert after.status_code == 200  # answered: the application asked with its own data
+    kept = _predict(client, key, api.customer("0005-KEEPS")).json()["request_id"]
+    assert api.wait_for(lambda: _logged(platform.url, [kept]))
+    assert _logged(platform.url, [before, after.json()["request_id"]]) == []
+    text = client.get("/metrics").text
+    dropped = "retention_api_prediction_log_rows_dropped_total"
+    assert api.metric_value(text, dropped, reason="erased customer") >= 1
 
 
 # --- A/B tests and the shadow ----------------------------------------------------------------
