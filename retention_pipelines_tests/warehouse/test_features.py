@@ -71,3 +71,23 @@ def test_training_reads_each_customer_once_from_their_latest_labelled_date(
     assert both_dates == [DAY, later] and len(both) == ROWS and both["customer_id"].is_unique
     assert (both["snapshot_date"] == later).sum() == 100
     assert both["customer_id"].is_monotonic_increasing
+
+
+def test_a_date_s_features_are_found_through_the_key_not_by_reading_every_date(
+    telco_warehouse: str,
+) -> None:
+    with psycopg.connect(telco_warehouse) as conn:
+        (definition,) = conn.execute(
+            "select indexdef from pg_indexes"
+            " where schemaname = 'features' and tablename = 'customer_features'"
+        ).fetchone() or ("",)
+        conn.execute("set local enable_seqscan = off")  # a small table: make the planner show
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "explain select * from features.customer_features where snapshot_date = %s",
+                (DAY,),
+            )
+        )
+    assert "UNIQUE INDEX" in definition and "(snapshot_date, customer_id)" in definition
+    assert "customer_features_snapshot_customer" in plan

@@ -8,6 +8,11 @@
     still holds. Raw snapshots are kept for fewer days than features (RETENTION_KEEP_RAW_DAYS,
     _FEATURES_DAYS), so `--full-refresh` is ignored here: dropping the table would lose the
     older features for good (drop it by hand to rebuild it from what raw holds).
+
+    The index on the key is made by a post-hook, on a new table and on one built before it
+    existed alike: each night's delete of its date, scoring's and the drift report's read of
+    one date, and the retention purge find that date's rows through it instead of reading
+    every date the table keeps.
 -#}
 {{
     config(
@@ -16,6 +21,10 @@
         unique_key='snapshot_date',
         on_schema_change='fail',
         full_refresh=false,
+        post_hook=[
+            "create unique index if not exists customer_features_snapshot_customer
+                on {{ this }} (snapshot_date, customer_id)",
+        ],
     )
 }}
 
