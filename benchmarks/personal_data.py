@@ -43,27 +43,31 @@ analysed, as a settled warehouse is. Then it times, through the platform's own f
    date and rows per second per table, timed from the audit entries each date's transaction
    writes (their ``recorded_at`` is the transaction's start).
 
-Measured on 2 CPUs (shared with another session's test suite, load average 1.1 to 2.7),
-23.5 GiB, PostgreSQL 15.20 on the same machine with its defaults (shared_buffers 128MB,
-max_wal_size 1GB, work_mem 4MB); the defaults (1,000,000 customers x 30 dates: 21 GiB of
-tables and indexes, nearly all of it in the page cache), ``--index-check always``; the
-whole run 891 s, of which 656 s filling (the default run, without the index check:
-748 s; selection 8.0 s, erasures 3.6, 3.1, 3.1 s, lookup 32.6 s, purge 69.1 s):
+Measured on 2 CPUs (idle), 23.5 GiB, PostgreSQL 15.20 on the same machine with its defaults
+(shared_buffers 128MB, max_wal_size 1GB, work_mem 4MB); the defaults (1,000,000 customers x
+30 dates, nearly all of it in the page cache), ``--index-check never``; the whole run 688 s:
 
-    crm.select_tasks                8.2 s   200 selected of 19,116 entering high and
-                                            13,603 rising by 0.15 (112,288 high)
-    erasure.forget_customer         4.6 s, 3.1 s, 3.1 s   96 to 100 rows in 7 tables; an
-                                            API log write meanwhile waited 4.4, 2.9, 2.9 s
-      of which one customer's delete from features.customer_features 2.15 s (a sequential
-      scan of 30,000,000 rows) and from raw.customer_snapshots 0.85 s; the others 0.00 s
-    pseudonyms.lookup              34.3 s   (the union of every id, sorted on disk)
-    index on (customer_id)         29.0 s to build on raw, 26.2 s on features, 0.23 GiB each
-      one date of 1,000,000 rows   raw 4.5 s -> 10.6 s, features 1.5 s -> 7.6 s with it
-      erasure with both indexes     0.2 s, 0.1 s, 0.1 s; the log write waited 0.0 s
-    data_retention.plan_purge       5.8 s   30,345,093 rows of 10 dates
-    data_retention.purge           76.8 s   395,000 rows/s, 7.7 s per date: raw (three
-                                            tables) 2.06 s/date, features 3.08 s/date,
-                                            scores 1.92 s/date, log 0.17 s/date
+    crm.select_tasks                7.1 s   200 selected of 19,184 entering high and
+                                            13,706 rising by 0.15 (112,029 high)
+    erasure.forget_customer         2.7 s, 1.6 s, 1.7 s   96 to 98 rows in 7 tables; an
+                                            API log write meanwhile waited 2.5, 1.4, 1.5 s
+      of which one customer's delete from raw.customer_snapshots 0.82 s and from
+      features.customer_features 0.74 s (sequential scans of 30,000,000 rows each); the
+      others 0.00 s
+    pseudonyms.lookup              29.7 s   (the union of every id, sorted on disk)
+    data_retention.plan_purge       2.5 s   30,345,267 rows of 10 dates
+    data_retention.purge           39.5 s   768,000 rows/s, 3.9 s per date: raw (three
+                                            tables) 0.96 s/date, features 1.45 s/date,
+                                            scores 1.28 s/date, log 0.08 s/date
+
+An earlier run, before features.customer_features had its index on (snapshot_date,
+customer_id) and with another session's test suite on the same cores (load 1.1 to 2.7), with
+``--index-check always``: selection 8.2 s, erasures 4.6, 3.1, 3.1 s, lookup 34.3 s, purge
+76.8 s (features 3.08 s/date, every date's delete a scan of all 30 dates). An index on
+(customer_id) of raw and features took 29.0 s and 26.2 s to build (0.23 GiB each), made one
+date of 1,000,000 rows load in 10.6 s instead of 4.5 s (raw) and 7.6 s instead of 1.5 s
+(features), and erasures 0.1 to 0.2 s with no wait for a log write: not added, erasures being
+rare and nights daily.
 """
 
 from __future__ import annotations
