@@ -1142,12 +1142,21 @@ def forget(
             soft_wrap=True,
         )
         return
+    from retention_pipelines.core import crm  # noqa: PLC0415
+
+    files = crm.erase_from_files(settings.crm_dir, customer_id)
     table = Table(title=f"Customer {erased.pseudonym} erased")
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, rows in erased.rows.items():
         table.add_row(name, f"{rows:,}")
     console.print(table)
+    if files:
+        console.print(
+            f"CRM hand-off files rewritten without them: {', '.join(p.name for p in files)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"{erased.total:,} rows removed in one transaction; recorded in the audit log as "
         f"{erased.pseudonym}; ingestion leaves the customer out from now on (lift with "

@@ -518,14 +518,30 @@ def _write_csv(
     entry, in one transaction."""
     path = csv_path(crm_dir, snapshot_date)
     with conn.transaction():
-        _replace_file(path, outbox.file_tasks(conn, snapshot_date, str(path)))
+        _replace_file(path, map(_csv_row, outbox.file_tasks(conn, snapshot_date, str(path))))
         sent = outbox.mark_pending_sent(conn, snapshot_date, str(path))
         handoff = Handoff(snapshot_date, sent=sent, dead_letter=0, pending=0, destination=str(path))
         _audit(conn, handoff, actor)
     return handoff
 
 
-def _replace_file(path: Path, tasks: Iterable[OutboxTask]) -> None:
+def erase_from_files(crm_dir: Path, customer_id: str) -> list[Path]:
+    """Rewrite the hand-off files that name ``customer_id`` without their rows, each replaced
+    atomically: the files are the platform's own copy of what it handed off, and an erasure
+    reaches them as it reaches ``ml.crm_outbox``. Returns the files changed."""
+    position = CSV_COLUMNS.index("customer_id")
+    changed: list[Path] = []
+    for path in sorted(crm_dir.glob("retention_tasks_*.csv")):
+        with path.open(encoding="utf-8", newline="") as handle:
+            _header, *rows = list(csv.reader(handle)) or [[]]
+        kept = [row for row in rows if row[position] != customer_id]
+        if len(kept) < len(rows):
+            _replace_file(path, kept)
+            changed.append(path)
+    return changed
+
+
+def _replace_file(path: Path, rows: Iterable[Sequence[object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -534,7 +550,7 @@ def _replace_file(path: Path, tasks: Iterable[OutboxTask]) -> None:
             os.fchmod(handle.fileno(), 0o600)
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
-            writer.writerows(_csv_row(task) for task in tasks)
+            writer.writerows(rows)
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)

@@ -5,10 +5,13 @@ they were, and the audit log names the erasure by pseudonym."""
 
 from __future__ import annotations
 
+import csv
 import json
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -19,7 +22,7 @@ from typer.testing import CliRunner
 
 from retention_pipelines import cli
 from retention_pipelines.assets.features import retention_dbt_analytics, retention_dbt_project
-from retention_pipelines.core import audit, erasure, pseudonyms
+from retention_pipelines.core import audit, crm, erasure, pseudonyms
 from retention_pipelines.resources import WarehouseResource, dbt_executable
 from retention_pipelines.settings import get_settings
 from retention_pipelines_tests.helpers import TELCO_DAY
@@ -239,3 +242,43 @@ def test_a_short_id_of_another_form_takes_only_rejects_that_hold_it_whole(
             "select record from raw.customer_rejects where row_number >= 9101"
         ).fetchall()
     assert left == [({"customerID": "17", "tenure": "7x"},)]
+
+
+def test_forget_rewrites_the_crm_hand_off_files_that_name_the_customer(
+    telco_warehouse: str,
+    platform_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with psycopg.connect(telco_warehouse) as conn:
+        gone, kept = [
+            row[0]
+            for row in conn.execute(
+                "select customer_id from features.customer_features"
+                " order by customer_id offset 5 limit 2"
+            )
+        ]
+    monkeypatch.setenv("RETENTION_REPORTS_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    folder = tmp_path / "crm"
+    folder.mkdir()
+    position = crm.CSV_COLUMNS.index("customer_id")
+
+    def task(customer: str) -> list[str]:
+        return [customer if index == position else "x" for index in range(len(crm.CSV_COLUMNS))]
+
+    naming = folder / "retention_tasks_2026-01-04.csv"
+    other = folder / "retention_tasks_2026-01-05.csv"
+    for path, rows in ((naming, [task(kept), task(gone)]), (other, [task(kept)])):
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows([list(crm.CSV_COLUMNS), *rows])
+    untouched = other.stat().st_mtime_ns
+
+    result = CliRunner().invoke(cli.app, ["forget", gone, "--reason", "erasure request"])
+
+    assert result.exit_code == 0, result.output
+    assert naming.name in result.output and gone not in result.output
+    with naming.open(encoding="utf-8", newline="") as handle:
+        assert list(csv.reader(handle)) == [list(crm.CSV_COLUMNS), task(kept)]
+    assert stat.S_IMODE(naming.stat().st_mode) == 0o600
+    assert other.stat().st_mtime_ns == untouched
